@@ -65,13 +65,19 @@ static_assert([] {
     return buf[0] == std::byte{1} && buf[7] == std::byte{8} && detail::load_be64(buf, 0) == 0x0102030405060708ull &&
            detail::load_be32(buf, 4) == 0x05060708u && detail::load_be16(buf, 2) == 0x0304u;
 }());
+// Clang 14 cannot build a std::string of libstdc++ 12 in a constant expression (GCC can),
+// so the compile-time cases that make message text run where the compiler allows it.
+#if !defined(__clang__) || __clang_major__ >= 15
 static_assert(detail::hex(0x50000) == "0x50000" && detail::hex(0) == "0x0");
 static_assert(detail::dec(-12) == "-12" && detail::dec(18446744073709551615ull) == "18446744073709551615");
+#endif
 static_assert(!detail::checked_add(UINT64_MAX, 1) && *detail::checked_add(1, 2) == 3);
 static_assert(!detail::checked_mul(1ull << 40, 1ull << 30) && *detail::checked_mul(3, 4) == 12);
 static_assert(detail::div_round_up(10, 4) == 3 && detail::is_aligned(0x10000, 0x10000));
 static_assert(!detail::align_up(UINT64_MAX, 512) && *detail::align_up(513, 512) == 1024);
+#if !defined(__clang__) || __clang_major__ >= 15
 static_assert([] {
     result<std::string> r = error{errc::bad_magic, detail::cat("at ", detail::hex(16))};
     return !r && r.error().message() == "at 0x10" && r.error() == errc::bad_magic;
 }());
+#endif

@@ -100,6 +100,10 @@ constexpr result<std::vector<bitmap_entry>> decode_bitmap_directory(std::span<co
         off = (end + 7) & ~std::uint64_t{7};
         out.push_back(std::move(e));
     }
+    if (off != dir.size())
+        return error{errc::invalid_bitmap_directory,
+                     cat("bitmap directory is ", dec(dir.size()), " bytes but its ", dec(ext.nb_bitmaps),
+                         " entries fill ", dec(off), " (more entries than nb_bitmaps, or trailing bytes)")};
     return out;
 }
 

@@ -114,7 +114,7 @@ struct feature_set {
     static constexpr bool contains = (std::is_same_v<G, F> || ...);
     static constexpr std::size_t size = sizeof...(F);
     /// The bits of class `c` in the set.
-    static constexpr std::uint64_t mask(feature_class c) noexcept { return ((F::klass == c ? F::mask : 0) | ... | 0); }
+    static constexpr std::uint64_t mask([[maybe_unused]] feature_class c) noexcept { return ((F::klass == c ? F::mask : 0) | ... | 0); }
     /// The set as registry rows, in the order given.
     static constexpr std::array<feature_info, sizeof...(F)> infos{
         feature_info{F::klass, F::bit, F::name, F::needs_name_table}...};

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "qcow2/format/features.hpp"
+#include "qcow2/format/bitmap.hpp"
 #include "qcow2/format/header.hpp"
 #include "qcow2/format/snapshot.hpp"
 #include "qcow2/io/backend.hpp"
