@@ -40,8 +40,8 @@
 #define QCOW2_HAS_EXCEPTIONS 0
 #endif
 
-#define QCOW2_ABI_CAT3_(a, b, c) a##b##c
-#define QCOW2_ABI_CAT_(z, s, d) QCOW2_ABI_CAT3_(abi_z, z, QCOW2_ABI_CAT3_(_s, s, QCOW2_ABI_CAT3_(_d, d, _v0)))
+#define QCOW2_ABI_CAT3_(z, s, d) abi_z##z##_s##s##_d##d##_v0
+#define QCOW2_ABI_CAT_(z, s, d) QCOW2_ABI_CAT3_(z, s, d) // expands the macros before pasting
 /// Inline namespace whose name encodes the codec settings.
 #define QCOW2_ABI_NAMESPACE QCOW2_ABI_CAT_(QCOW2_HAS_ZLIB, QCOW2_HAS_ZSTD, QCOW2_HAS_LIBDEFLATE)
 

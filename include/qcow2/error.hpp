@@ -56,6 +56,9 @@ enum class errc : int {
     invalid_bitmap_directory,     ///< the bitmap directory or extension is malformed
     // resolution of other files
     backing_file_refused,         ///< a resolver refused to open a backing or data file
+    // compressed clusters
+    invalid_compressed_data,      ///< a compressed cluster is corrupt, ends early or does not make exactly one cluster
+    not_compressible,             ///< data does not shrink into the space allowed when compressed (store it plain)
 };
 
 namespace detail {
@@ -97,6 +100,8 @@ inline constexpr std::string_view errc_text(errc e) noexcept {
     case errc::too_many_snapshots: return "too many snapshots";
     case errc::invalid_snapshot_table: return "invalid snapshot table";
     case errc::invalid_bitmap_directory: return "invalid bitmap directory";
+    case errc::invalid_compressed_data: return "invalid compressed data";
+    case errc::not_compressible: return "data does not shrink when compressed";
     case errc::backing_file_refused: return "backing or data file refused";
     }
     return "unknown qcow2 error";
