@@ -169,7 +169,10 @@ inline std::optional<described> describe_file(const std::string& path, std::stri
         fail("Unknown file format '" + format + "'");
         return std::nullopt;
     }
-    auto img = qcow2::image::open(std::move(*file));
+    // info reads metadata only: backing and data files are described, not opened, here.
+    qcow2::open_options opts;
+    opts.metadata_only = true;
+    auto img = qcow2::image::open(std::move(*file), opts);
     if (!img) {
         open_failed(path, img.error());
         return std::nullopt;
