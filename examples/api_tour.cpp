@@ -58,13 +58,25 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "%s\n", file.error().what().c_str());
             return 1;
         }
-        auto img = qcow2::image::open(std::move(*file));
+        // The library opens no other file by itself: backing and data files go through a
+        // resolver. posix_resolver opens them relative to the image's directory.
+        qcow2::posix_resolver resolver(argv[1]);
+        auto img = qcow2::image::open(std::move(*file), {}, resolver);
         if (!img) {
             // The message names what and where; the code is a std::error_code for programs.
             std::fprintf(stderr, "cannot open %s: %s\n", argv[1], img.error().what().c_str());
             return img.error().is(qcow2::errc::bad_magic) ? 2 : 1;
         }
         show(*img);
+
+        // Guest reads go through compressed clusters and the whole backing chain.
+        std::vector<std::byte> sector(512);
+        if (auto r = img->read(0, sector); !r) {
+            std::fprintf(stderr, "reading sector 0: %s\n", r.error().what().c_str());
+            return 1;
+        }
+        std::printf("sector 0 starts with %02x %02x %02x %02x\n", static_cast<unsigned>(sector[0]),
+                    static_cast<unsigned>(sector[1]), static_cast<unsigned>(sector[2]), static_cast<unsigned>(sector[3]));
         return 0;
     }
 

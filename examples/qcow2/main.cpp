@@ -4,7 +4,11 @@
 // Each subcommand lives in its own header; this file only dispatches.
 #include <qcow2/qcow2.hpp>
 
+#include "check.hpp"
+#include "compare.hpp"
+#include "convert.hpp"
 #include "info.hpp"
+#include "map.hpp"
 
 #include <cstdio>
 #include <string>
@@ -18,8 +22,17 @@ void usage(std::FILE* to) {
                  "usage: qcow2 COMMAND [ARGS...]\n\n"
                  "commands:\n"
                  "  info [--output=human|json] [--backing-chain] [-f FMT] FILE\n"
-                 "        what qemu-img info reports, plus the all-zero bit\n\n"
-                 "Not built yet (see README): create, map, check, convert, compare, resize, io.\n",
+                 "        what qemu-img info reports, plus the all-zero bit\n"
+                 "  map [--output=human|json] [-f FMT] [--start-offset=OFFSET] [--max-length=LEN] FILE\n"
+                 "        where each guest range of the chain comes from, as qemu-img map reports it\n"
+                 "  convert [-f FMT] [-O raw] [-m THREADS] [-p] SRC DST\n"
+                 "        writes the guest disk as a sparse raw file (or to a pipe or device)\n"
+                 "  check [--output=human|json] [-f FMT] FILE\n"
+                 "        refcount consistency as qemu-img check reports it (exit 0 clean, 1 check errors, 2 corruptions, 3 leaks)\n"
+                 "  compare [-f FMT] [-F FMT] [-s] [-q] A B\n"
+                 "        exit 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error\n\n"
+                 "FMT is qcow2 or raw (probed when not given).\n"
+                 "Not built yet (see README): create, check -r, resize, io, convert -O qcow2.\n",
                  QCOW2_VERSION_STRING);
 }
 
@@ -42,6 +55,10 @@ int main(int argc, char** argv) {
         return 0;
     }
     if (cmd == "info") return cli::info_command(args);
+    if (cmd == "map") return cli::map_command(args);
+    if (cmd == "convert") return cli::convert_command(args);
+    if (cmd == "compare") return cli::compare_command(args);
+    if (cmd == "check") return cli::check_command(args);
     cli::fail("Command not found: " + cmd);
     return 1;
 }

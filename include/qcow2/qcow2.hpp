@@ -28,12 +28,28 @@
 #include "qcow2/format/header.hpp"
 #include "qcow2/format/snapshot.hpp"
 #include "qcow2/format/bitmap.hpp"
+#include "qcow2/format/l2_entry.hpp"
+#include "qcow2/format/refcount.hpp"
+
+// codec
+#include "qcow2/codec/codec.hpp"
+#include "qcow2/codec/zlib.hpp"
+#include "qcow2/codec/deflate.hpp"
+#include "qcow2/codec/zstd.hpp"
+#include "qcow2/codec/dispatch.hpp"
+
+// metadata
+#include "qcow2/metadata/table_cache.hpp"
+#include "qcow2/metadata/refcounts.hpp"
 
 // image
+#include "qcow2/backing.hpp"
 #include "qcow2/image.hpp"
 
 // operations
 #include "qcow2/ops/info.hpp"
+#include "qcow2/ops/map.hpp"
+#include "qcow2/ops/check.hpp"
 
 namespace qcow2 {
 /// An image in a local file.

@@ -101,8 +101,8 @@ class posix_file;
 #define QCOW2_HAS_EXCEPTIONS 0
 #endif
 
-#define QCOW2_ABI_CAT3_(a, b, c) a##b##c
-#define QCOW2_ABI_CAT_(z, s, d) QCOW2_ABI_CAT3_(abi_z, z, QCOW2_ABI_CAT3_(_s, s, QCOW2_ABI_CAT3_(_d, d, _v0)))
+#define QCOW2_ABI_CAT3_(z, s, d) abi_z##z##_s##s##_d##d##_v0
+#define QCOW2_ABI_CAT_(z, s, d) QCOW2_ABI_CAT3_(z, s, d) // expands the macros before pasting
 /// Inline namespace whose name encodes the codec settings.
 #define QCOW2_ABI_NAMESPACE QCOW2_ABI_CAT_(QCOW2_HAS_ZLIB, QCOW2_HAS_ZSTD, QCOW2_HAS_LIBDEFLATE)
 
@@ -199,6 +199,9 @@ enum class errc : int {
     invalid_bitmap_directory,     ///< the bitmap directory or extension is malformed
     // resolution of other files
     backing_file_refused,         ///< a resolver refused to open a backing or data file
+    // compressed clusters
+    invalid_compressed_data,      ///< a compressed cluster is corrupt, ends early or does not make exactly one cluster
+    not_compressible,             ///< data does not shrink into the space allowed when compressed (store it plain)
 };
 
 namespace detail {
@@ -240,6 +243,8 @@ inline constexpr std::string_view errc_text(errc e) noexcept {
     case errc::too_many_snapshots: return "too many snapshots";
     case errc::invalid_snapshot_table: return "invalid snapshot table";
     case errc::invalid_bitmap_directory: return "invalid bitmap directory";
+    case errc::invalid_compressed_data: return "invalid compressed data";
+    case errc::not_compressible: return "data does not shrink when compressed";
     case errc::backing_file_refused: return "backing or data file refused";
     }
     return "unknown qcow2 error";
@@ -2563,7 +2568,2160 @@ constexpr std::vector<std::byte> encode_bitmap_directory(std::span<const bitmap_
 } // namespace qcow2
 // ---- end qcow2/format/bitmap.hpp ----
 
+// ---- begin qcow2/format/l2_entry.hpp ----
+/// @file
+/// @brief L1 and L2 entries: what a (sub)cluster of the guest disk maps to.
+///
+/// Pure functions, usable in constant expressions. An L2 entry is 64 bits (standard) or
+/// 128 bits (extended L2: the same 64 bits plus a bitmap of 32 subclusters). The state of
+/// a (sub)cluster follows QEMU's classification (`qcow2_get_cluster_type`,
+/// `qcow2_get_subcluster_type`). @see qcow2 spec, "Cluster mapping".
+
+#include <cstdint>
+
+namespace qcow2 {
+
+/// Bits of L1 and L2 entries.
+namespace l2_bits {
+inline constexpr std::uint64_t copied = std::uint64_t{1} << 63;     ///< refcount is exactly 1
+inline constexpr std::uint64_t compressed = std::uint64_t{1} << 62; ///< compressed cluster descriptor
+inline constexpr std::uint64_t zero = 1;                            ///< reads as zero (v3, standard L2)
+inline constexpr std::uint64_t offset_mask = 0x00FFFFFFFFFFFE00ull; ///< host cluster offset
+inline constexpr std::uint64_t l1_offset_mask = 0x00FFFFFFFFFFFE00ull;
+inline constexpr std::uint64_t l1_reserved = 0x7F000000000001FFull;
+inline constexpr std::uint64_t standard_reserved = 0x3F000000000001FEull;
+} // namespace l2_bits
+
+/// What reading a guest (sub)cluster yields, in one layer.
+enum class cluster_state : std::uint8_t {
+    unallocated, ///< defer to the backing file (zeroes without one)
+    zero,        ///< reads as zeroes, whatever the backing file holds
+    data,        ///< host data at the mapped offset
+    compressed,  ///< a compressed cluster
+    invalid,     ///< an entry the format forbids (corruption)
+};
+
+/// One classified (sub)cluster.
+struct subcluster {
+    cluster_state state = cluster_state::unallocated;
+    bool has_host = false;        ///< a host range is allocated (data, zero with preallocation, reserved space)
+    std::uint64_t host = 0;       ///< host offset of the (sub)cluster start when `has_host`
+    const char* why = nullptr;    ///< for `invalid`: which rule the entry breaks
+};
+
+/// The geometry that decides how entries decode.
+struct l2_geometry {
+    unsigned cluster_bits = 16;
+    bool extended = false;      ///< incompatible bit 4
+    bool external_data = false; ///< incompatible bit 2
+    bool version2 = false;      ///< zero flags are invalid in version 2
+
+    constexpr std::uint64_t cluster_size() const noexcept { return std::uint64_t{1} << cluster_bits; }
+    constexpr std::uint64_t subcluster_size() const noexcept { return extended ? cluster_size() / 32 : cluster_size(); }
+    constexpr unsigned entry_bytes() const noexcept { return extended ? 16 : 8; }
+    constexpr std::uint64_t entries_per_table() const noexcept { return cluster_size() / entry_bytes(); }
+};
+
+/**
+ * @brief Classifies subcluster `sc` (0 for standard L2) of the cluster an entry describes.
+ * @param entry the first 64 bits; @param bitmap the subcluster bitmap (extended L2 only).
+ */
+constexpr subcluster classify(const l2_geometry& g, std::uint64_t entry, std::uint64_t bitmap, unsigned sc) noexcept {
+    subcluster r;
+    if (entry & l2_bits::compressed) {
+        if (g.external_data) return {cluster_state::invalid, false, 0, "compressed cluster in an image with an external data file"};
+        r.state = cluster_state::compressed;
+        return r;
+    }
+    const std::uint64_t off = entry & l2_bits::offset_mask;
+    const bool allocated = off != 0 || (g.external_data && (entry & l2_bits::copied));
+    if (allocated && (off & (g.cluster_size() - 1)))
+        return {cluster_state::invalid, false, 0, "data cluster offset is not cluster aligned"};
+    if (!g.extended) {
+        if (entry & l2_bits::zero) {
+            if (g.version2) return {cluster_state::invalid, false, 0, "zero flag in a version 2 image"};
+            return {cluster_state::zero, allocated, off, nullptr};
+        }
+        if (!allocated) return r;
+        return {cluster_state::data, true, off, nullptr};
+    }
+    const std::uint32_t alloc = static_cast<std::uint32_t>(bitmap);
+    const std::uint32_t zero = static_cast<std::uint32_t>(bitmap >> 32);
+    const std::uint64_t host = off + sc * g.subcluster_size();
+    if (!allocated) {
+        if (alloc) return {cluster_state::invalid, false, 0, "subcluster allocation bits set in an unallocated cluster"};
+        return {(zero >> sc & 1) ? cluster_state::zero : cluster_state::unallocated, false, 0, nullptr};
+    }
+    if (alloc & zero) return {cluster_state::invalid, false, 0, "a subcluster is marked both allocated and zero"};
+    if (zero >> sc & 1) return {cluster_state::zero, true, host, nullptr};
+    if (alloc >> sc & 1) return {cluster_state::data, true, host, nullptr};
+    return {cluster_state::unallocated, true, host, nullptr};
+}
+
+/// Where a compressed cluster's bytes are and how many to read.
+struct compressed_extent {
+    std::uint64_t offset = 0; ///< host byte offset (not aligned)
+    std::uint64_t size = 0;   ///< bytes to read: whole 512-byte sectors from the sector holding `offset`
+};
+
+/// Decodes a compressed cluster descriptor (the `70 - cluster_bits` offset split).
+constexpr compressed_extent decode_compressed(std::uint64_t entry, unsigned cluster_bits) noexcept {
+    const unsigned x = 70 - cluster_bits;
+    const std::uint64_t offset = entry & ((std::uint64_t{1} << x) - 1);
+    const std::uint64_t n = (entry >> x) & ((std::uint64_t{1} << (cluster_bits - 8)) - 1);
+    return {offset, (n + 1) * 512 - (offset & 511)};
+}
+
+/// Encodes a compressed cluster descriptor for `length` bytes at host byte `offset`.
+constexpr std::uint64_t encode_compressed(std::uint64_t offset, std::uint64_t length, unsigned cluster_bits) noexcept {
+    const unsigned x = 70 - cluster_bits;
+    const std::uint64_t n = (offset + length - 1) / 512 - offset / 512;
+    return offset | l2_bits::compressed | (n << x);
+}
+
+static_assert(decode_compressed(encode_compressed(0x12345, 1000, 16), 16).offset == 0x12345);
+static_assert(decode_compressed(encode_compressed(0x12345, 1000, 16), 16).size == 1024 + 512 - 0x145);
+
+} // namespace qcow2
+// ---- end qcow2/format/l2_entry.hpp ----
+
+// ---- begin qcow2/format/refcount.hpp ----
+/// @file
+/// @brief Refcount blocks and the refcount table: entry access for every width, masks and limits.
+///
+/// Pure functions, usable in constant expressions. A refcount block is one cluster of
+/// `cluster_size * 8 / refcount_bits` entries of `refcount_bits = 1 << refcount_order` bits.
+/// Widths below 8 are packed LSB-first within each byte (entry `k` in byte `k * bits / 8`
+/// at bit `k * bits % 8`); widths 8 to 64 are big-endian integers at index `k`.
+/// @see qcow2 spec, "Host cluster management"; QEMU `get_refcount_ro0`..`ro6`.
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace qcow2 {
+
+/// Bits of refcount table entries.
+namespace reftable_bits {
+inline constexpr std::uint64_t offset_mask = 0xFFFFFFFFFFFFFE00ull; ///< refcount block offset (QEMU REFT_OFFSET_MASK)
+inline constexpr std::uint64_t reserved = 0x1FFull;                 ///< must be zero (QEMU REFT_RESERVED_MASK)
+} // namespace reftable_bits
+
+/// Bits per refcount entry for `refcount_order` (0..6).
+constexpr unsigned refcount_width(unsigned refcount_order) noexcept { return 1u << refcount_order; }
+
+/// The largest refcount an entry of `refcount_order` (0..6) holds: 2^bits - 1.
+constexpr std::uint64_t refcount_max(unsigned refcount_order) noexcept {
+    const unsigned bits = refcount_width(refcount_order);
+    return bits >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << bits) - 1;
+}
+
+/// Entries per refcount block: `cluster_size * 8 / bits` (QEMU `1 << refcount_block_bits`).
+constexpr std::uint64_t refcount_entries_per_block(unsigned cluster_bits, unsigned refcount_order) noexcept {
+    return std::uint64_t{1} << (cluster_bits + 3 - refcount_order);
+}
+
+/**
+ * @brief Entry `k` of the refcount block `block` with entries of `refcount_order` (0..6).
+ *
+ * Precondition: `(k + 1) * bits <= block.size() * 8` (entry inside the block).
+ */
+constexpr std::uint64_t get_refcount(std::span<const std::byte> block, std::uint64_t k, unsigned refcount_order) noexcept {
+    const unsigned bits = refcount_width(refcount_order);
+    if (bits < 8) {
+        const auto byte = static_cast<unsigned>(block[static_cast<std::size_t>(k * bits / 8)]);
+        return (byte >> (k * bits % 8)) & ((1u << bits) - 1);
+    }
+    const std::size_t n = bits / 8;
+    const std::size_t at = static_cast<std::size_t>(k) * n;
+    std::uint64_t v = 0;
+    for (std::size_t i = 0; i < n; ++i) v = (v << 8) | static_cast<std::uint64_t>(block[at + i]);
+    return v;
+}
+
+/**
+ * @brief Sets entry `k` of `block` to `value` (truncated to the entry's width).
+ *
+ * Preconditions: as `get_refcount`; `value <= refcount_max(refcount_order)` for the value to be kept whole.
+ */
+constexpr void set_refcount(std::span<std::byte> block, std::uint64_t k, unsigned refcount_order, std::uint64_t value) noexcept {
+    const unsigned bits = refcount_width(refcount_order);
+    if (bits < 8) {
+        const auto at = static_cast<std::size_t>(k * bits / 8);
+        const unsigned shift = static_cast<unsigned>(k * bits % 8);
+        const unsigned mask = ((1u << bits) - 1) << shift;
+        const unsigned old = static_cast<unsigned>(block[at]);
+        block[at] = static_cast<std::byte>((old & ~mask) | ((static_cast<unsigned>(value) << shift) & mask));
+        return;
+    }
+    const std::size_t n = bits / 8;
+    const std::size_t at = static_cast<std::size_t>(k) * n;
+    for (std::size_t i = n; i-- > 0;) {
+        block[at + i] = static_cast<std::byte>(value & 0xFF);
+        value >>= 8;
+    }
+}
+
+namespace detail {
+constexpr bool refcount_selftest() {
+    std::byte b[16]{};
+    for (unsigned order = 0; order <= 6; ++order) {
+        for (auto& x : b) x = std::byte{0};
+        const std::uint64_t n = 16 * 8 / refcount_width(order);
+        for (std::uint64_t k = 0; k < n; ++k) set_refcount(b, k, order, (k * 7 + 3) & refcount_max(order));
+        for (std::uint64_t k = 0; k < n; ++k)
+            if (get_refcount(b, k, order) != ((k * 7 + 3) & refcount_max(order))) return false;
+    }
+    std::byte c[2]{};
+    set_refcount(c, 1, 1, 3); // 2-bit entry 1: bits 2..3 of byte 0
+    return c[0] == std::byte{0x0C} && refcount_max(6) == ~std::uint64_t{0} && refcount_max(0) == 1;
+}
+static_assert(refcount_selftest());
+} // namespace detail
+
+} // namespace qcow2
+// ---- end qcow2/format/refcount.hpp ----
+
+// codec
+// ---- begin qcow2/codec/codec.hpp ----
+/// @file
+/// @brief The codec concepts: decompress one compressed cluster, compress one cluster.
+///
+/// A qcow2 compressed cluster is a compressed stream (raw deflate or zstd frames, by the
+/// header's `compression_type`) that decodes to exactly one cluster. Its exact length is not
+/// stored: readers get up to 511 bytes belonging to someone else after it (§4.3), so a
+/// decompressor stops as soon as the cluster is produced. A writer compresses one cluster
+/// into at most `cluster_size - 1` bytes, or stores it uncompressed.
+///
+/// The codecs we ship (each present only when its library is compiled in, see config.hpp):
+///
+/// | type | header | decompress | compress |
+/// |---|---|---|---|
+/// | `codec::zlib_inflater` | `codec/zlib.hpp` | raw deflate, any window | — |
+/// | `codec::zlib_deflater` | `codec/zlib.hpp` | — | raw deflate, 4 KiB window, as QEMU |
+/// | `codec::zlib_codec` | `codec/zlib.hpp` | raw deflate, any window | raw deflate, 4 KiB window, as QEMU |
+/// | `codec::libdeflate_inflater` | `codec/deflate.hpp` | raw deflate, about 3x faster than zlib | — (its writer has a 32 KiB window) |
+/// | `codec::zstd_decompressor` | `codec/zstd.hpp` | zstd frames, as QEMU | — |
+/// | `codec::zstd_compressor` | `codec/zstd.hpp` | — | one zstd frame, as QEMU |
+/// | `codec::zstd_codec` | `codec/zstd.hpp` | zstd frames, as QEMU | one zstd frame, as QEMU |
+/// | `codec::cluster_decompressor` | `codec/dispatch.hpp` | chosen at run time by `qcow2::compression` | — |
+/// | `codec::cluster_compressor` | `codec/dispatch.hpp` | — | chosen at run time by `qcow2::compression` |
+///
+/// Codec objects own their library state (allocated when they are constructed), keep it
+/// between calls, and are movable but not copyable. One object, one thread at a time.
+///
+/// Everything in `qcow2::codec` lives in the ABI-tagged inline namespace (config.hpp),
+/// because what it holds depends on the `QCOW2_HAS_*` settings.
+///
+/// @see docs/interop/qcow2.txt "Compressed Clusters Descriptor"; reference §4.3 and §6.
+
+#include <concepts>
+#include <cstddef>
+#include <span>
+
+namespace qcow2 {
+inline namespace QCOW2_ABI_NAMESPACE {
+/// Cluster compression: the codec concepts, the codecs, and the run-time dispatcher.
+namespace codec {
+
+/**
+ * @brief A type that decompresses one qcow2 compressed cluster.
+ *
+ * | expression | result | semantics |
+ * |---|---|---|
+ * | `d.decompress(in, out)` | `qcow2::result<void>` | decode the stream in `in` until all of `out` (exactly one cluster) is written |
+ *
+ * with `d` an lvalue `D`, `in` a `std::span<const std::byte>` and `out` a `std::span<std::byte>`.
+ *
+ * Requirements on a model:
+ * - Success means every byte of `out` was produced by the stream. Input left over once
+ *   `out` is full is ignored (it may belong to the next compressed cluster).
+ * - Failure with `errc::invalid_compressed_data` when the stream is corrupt, ends before
+ *   `out` is full, or stops making progress; `out` then holds unspecified bytes.
+ * - Never writes outside `out`, never reads outside `in`, and never allocates in proportion
+ *   to a size the stream claims: a stream that would decode to more than `out` either
+ *   fills `out` exactly or fails, depending on the format's rules (see each codec).
+ */
+template <class D>
+concept decompressor = requires(D& d, std::span<const std::byte> in, std::span<std::byte> out) {
+    { d.decompress(in, out) } -> std::same_as<qcow2::result<void>>;
+};
+
+/**
+ * @brief A type that also compresses one cluster.
+ *
+ * | expression | result | semantics |
+ * |---|---|---|
+ * | `c.compress(in, out)` | `qcow2::result<std::size_t>` | compress all of `in` into the start of `out`; the value is the compressed size |
+ *
+ * Requirements on a model:
+ * - The output is a stream its own `decompress` (and QEMU) turns back into `in`.
+ * - Failure with `errc::not_compressible` when the compressed stream would not fit in `out`.
+ *   Callers pass `cluster_size - 1` bytes, so that a cluster that does not shrink is
+ *   stored uncompressed, as QEMU does.
+ * - Never writes outside `out`.
+ */
+template <class C>
+concept codec = decompressor<C> && requires(C& c, std::span<const std::byte> in, std::span<std::byte> out) {
+    { c.compress(in, out) } -> std::same_as<qcow2::result<std::size_t>>;
+};
+
+} // namespace codec
+} // namespace QCOW2_ABI_NAMESPACE
+} // namespace qcow2
+// ---- end qcow2/codec/codec.hpp ----
+
+// ---- begin qcow2/codec/zlib.hpp ----
+/// @file
+/// @brief zlib codecs for compression_type 0: raw deflate, read with any window, written
+///        with the 4 KiB window QEMU reads.
+///
+/// Present only when `QCOW2_HAS_ZLIB` is 1 (config.hpp); the header may be included either
+/// way and then declares nothing. Link with `-lz` (the `qcow2::qcow2` CMake target does).
+///
+/// - `zlib_inflater` decompresses (`codec::decompressor`). It inflates with window bits
+///   -15, which accepts streams made with every smaller window, and is as lenient as
+///   QEMU: the cluster is good once `out` is full, whatever follows.
+/// - `zlib_deflater` compresses with exactly QEMU's parameters: `deflateInit2(level,
+///   Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY)` and one `Z_FINISH`, so the bytes are QEMU's.
+///   The 4 KiB window is what QEMU's reader declares (`inflateInit2(-12)`): a reader that
+///   inflates in pieces, or a zlib built with INFLATE_STRICT, refuses references further
+///   back ("invalid distance too far back"). (QEMU 7.2 inflates a cluster in one call, in
+///   which zlib follows references back into that call's own output, so in practice it
+///   also reads wider streams; we do not rely on that.)
+/// - `zlib_codec` is both (`codec::codec`).
+///
+/// @see reference §6.1; QEMU block/qcow2-threads.c `qcow2_zlib_compress`/`_decompress`.
+
+#if QCOW2_HAS_ZLIB
+#include <zlib.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstddef>
+#include <memory>
+#include <new>
+#include <span>
+#include <string>
+
+namespace qcow2 {
+inline namespace QCOW2_ABI_NAMESPACE {
+namespace codec {
+
+namespace zlib_detail {
+
+/// Largest count one zlib call takes (`uInt`).
+inline constexpr std::size_t max_chunk = UINT_MAX;
+
+/// Frees an inflate stream made by `inflateInit2`.
+struct inflate_end {
+    void operator()(z_stream* s) const noexcept {
+        inflateEnd(s);
+        delete s;
+    }
+};
+/// Frees a deflate stream made by `deflateInit2`.
+struct deflate_end {
+    void operator()(z_stream* s) const noexcept {
+        deflateEnd(s);
+        delete s;
+    }
+};
+
+/// zlib's `next_in` is not const unless ZLIB_CONST is defined; zlib never writes through it.
+inline Bytef* in_ptr(const std::byte* p) noexcept { return const_cast<Bytef*>(reinterpret_cast<const Bytef*>(p)); }
+/// `p` as zlib's byte pointer.
+inline Bytef* out_ptr(std::byte* p) noexcept { return reinterpret_cast<Bytef*>(p); }
+
+/// The error for a stream that could not be set up (allocation failure or a bad parameter).
+inline error init_error(const char* what, int status) {
+    if (status == Z_MEM_ERROR || status == Z_OK)
+        return error{errc::no_memory, qcow2::detail::cat("zlib: no ", what, " state (allocation failed, or the codec was moved from)")};
+    return error{errc::invalid_argument, qcow2::detail::cat("zlib: cannot set up the ", what, " stream (zlib status ",
+                                                            qcow2::detail::dec(status), ")")};
+}
+
+} // namespace zlib_detail
+
+/**
+ * @brief Decompresses zlib (raw deflate) compressed clusters; a `codec::decompressor`.
+ *
+ * Holds one inflate stream with its 32 KiB window, both allocated by the constructor and
+ * reused by every call: `decompress` allocates nothing but the text of an error.
+ */
+class zlib_inflater {
+public:
+    /// Window bits passed to `inflateInit2`: raw deflate, largest window (accepts all smaller ones).
+    static constexpr int window_bits = -15;
+
+    /// Sets up the inflate stream. Never throws; if allocation fails, every call reports `errc::no_memory`.
+    zlib_inflater() noexcept {
+        auto* s = new (std::nothrow) z_stream{};
+        if (!s) {
+            status_ = Z_MEM_ERROR;
+            return;
+        }
+        status_ = inflateInit2(s, window_bits);
+        if (status_ != Z_OK) {
+            delete s;
+            return;
+        }
+        s_.reset(s);
+        allocate_window();
+    }
+    zlib_inflater(const zlib_inflater&) = delete;
+    zlib_inflater& operator=(const zlib_inflater&) = delete;
+    /// Takes the other inflater's stream; the moved-from object reports `errc::no_memory`.
+    zlib_inflater(zlib_inflater&&) noexcept = default;
+    /// Frees this stream and takes the other's.
+    zlib_inflater& operator=(zlib_inflater&&) noexcept = default;
+    /// Frees the stream (`inflateEnd`).
+    ~zlib_inflater() = default;
+
+    /**
+     * @brief Inflates the raw deflate stream in `in` until all of `out` is written.
+     *
+     * Input left once `out` is full is ignored, and so is the rest of the stream: a stream
+     * that would decode to more than `out` fills it and stops (QEMU accepts such a stream,
+     * `Z_BUF_ERROR` with a full buffer). `out` is typically one cluster.
+     *
+     * @param in  the compressed bytes (may run past the end of the stream)
+     * @param out where the cluster goes; every byte is written on success
+     * @return success when `out` is full.
+     * @par Errors
+     * - `errc::invalid_compressed_data`: the stream is corrupt (zlib's reason is in the
+     *   message), ends before `out` is full, or stops making progress; the message says
+     *   how many bytes were produced. `out` then holds unspecified bytes.
+     * - `errc::no_memory`: the stream could not be set up (or `*this` was moved from).
+     * @par Exception safety
+     * Only the text of an error can throw (`std::bad_alloc`). Never writes outside `out`.
+     */
+    result<void> decompress(std::span<const std::byte> in, std::span<std::byte> out) {
+        if (!s_) return zlib_detail::init_error("inflate", status_);
+        if (out.empty()) return {};
+        z_stream& s = *s_;
+        inflateReset(&s);
+        s.next_in = zlib_detail::in_ptr(in.data());
+        s.avail_in = 0;
+        s.next_out = zlib_detail::out_ptr(out.data());
+        s.avail_out = 0;
+        std::size_t in_left = in.size(), out_left = out.size();
+        const auto produced = [&] { return out.size() - out_left - s.avail_out; };
+        for (;;) {
+            if (s.avail_in == 0 && in_left) {
+                const std::size_t n = std::min(in_left, zlib_detail::max_chunk);
+                s.avail_in = static_cast<uInt>(n);
+                in_left -= n;
+            }
+            if (s.avail_out == 0 && out_left) {
+                const std::size_t n = std::min(out_left, zlib_detail::max_chunk);
+                s.avail_out = static_cast<uInt>(n);
+                out_left -= n;
+            }
+            const uInt in_before = s.avail_in, out_before = s.avail_out;
+            const int r = inflate(&s, Z_FINISH);
+            if (s.avail_out == 0 && out_left == 0) return {}; // one full cluster: done, whatever follows
+            switch (r) {
+            case Z_STREAM_END:
+                return corrupt("the deflate stream ends early", produced(), out.size());
+            case Z_DATA_ERROR:
+                return corrupt(s.msg ? s.msg : "corrupt deflate stream", produced(), out.size());
+            case Z_NEED_DICT:
+                return corrupt("the stream asks for a preset dictionary", produced(), out.size());
+            case Z_MEM_ERROR:
+                return error{errc::no_memory, "zlib: out of memory while inflating"};
+            case Z_OK:
+            case Z_BUF_ERROR:
+                break;
+            default:
+                return error{errc::invalid_argument,
+                             qcow2::detail::cat("zlib: inflate failed with status ", qcow2::detail::dec(r))};
+            }
+            if (s.avail_in == in_before && s.avail_out == out_before) {
+                if (s.avail_in == 0 && in_left == 0) return corrupt("the input ends before the cluster is complete", produced(), out.size());
+                return corrupt("the stream makes no progress", produced(), out.size());
+            }
+        }
+    }
+
+private:
+    static error corrupt(const char* what, std::size_t produced, std::size_t wanted) {
+        return error{errc::invalid_compressed_data,
+                     qcow2::detail::cat("zlib: ", what, " (", qcow2::detail::dec(produced), " of ",
+                                        qcow2::detail::dec(wanted), " bytes produced)")};
+    }
+
+    /// zlib allocates the window at the first call that leaves a stream unfinished; make that
+    /// happen now (a one-byte stored block that is not the last), so no call allocates later.
+    void allocate_window() noexcept {
+        static constexpr unsigned char stored_block[] = {0x00, 0x01, 0x00, 0xfe, 0xff, 0x00};
+        unsigned char one = 0;
+        z_stream& s = *s_;
+        s.next_in = const_cast<Bytef*>(stored_block);
+        s.avail_in = sizeof stored_block;
+        s.next_out = &one;
+        s.avail_out = 1;
+        (void)inflate(&s, Z_NO_FLUSH);
+        inflateReset(&s);
+        s.next_in = Z_NULL;
+        s.next_out = Z_NULL;
+        s.avail_in = s.avail_out = 0;
+    }
+
+    std::unique_ptr<z_stream, zlib_detail::inflate_end> s_;
+    int status_ = Z_OK;
+};
+
+/**
+ * @brief Compresses clusters as QEMU does for compression_type zlib.
+ *
+ * Holds one deflate stream (about 280 KiB with QEMU's parameters), allocated by the
+ * constructor and reused by every call: `compress` allocates nothing but the text of an error.
+ */
+class zlib_deflater {
+public:
+    /// Window bits passed to `deflateInit2`: raw deflate with a 4 KiB window, which QEMU can inflate.
+    static constexpr int window_bits = -12;
+    /// memLevel passed to `deflateInit2` (QEMU's).
+    static constexpr int mem_level = 9;
+    /// `Z_DEFAULT_COMPRESSION` (zlib's level 6), QEMU's choice.
+    static constexpr int default_level = Z_DEFAULT_COMPRESSION;
+
+    /**
+     * @brief Sets up the deflate stream at `level` (-1 for zlib's default, 0 to 9).
+     *
+     * Never throws. If allocation fails, every call reports `errc::no_memory`; an invalid
+     * level makes every call report `errc::invalid_argument`.
+     */
+    explicit zlib_deflater(int level = default_level) noexcept : level_(level) {
+        auto* s = new (std::nothrow) z_stream{};
+        if (!s) {
+            status_ = Z_MEM_ERROR;
+            return;
+        }
+        status_ = deflateInit2(s, level, Z_DEFLATED, window_bits, mem_level, Z_DEFAULT_STRATEGY);
+        if (status_ != Z_OK) {
+            delete s;
+            return;
+        }
+        s_.reset(s);
+    }
+    zlib_deflater(const zlib_deflater&) = delete;
+    zlib_deflater& operator=(const zlib_deflater&) = delete;
+    /// Takes the other deflater's stream; the moved-from object reports `errc::no_memory`.
+    zlib_deflater(zlib_deflater&&) noexcept = default;
+    /// Frees this stream and takes the other's.
+    zlib_deflater& operator=(zlib_deflater&&) noexcept = default;
+    /// Frees the stream (`deflateEnd`).
+    ~zlib_deflater() = default;
+
+    /// The compression level in use.
+    int level() const noexcept { return level_; }
+
+    /**
+     * @brief Changes the compression level for the following calls.
+     * @par Errors
+     * `errc::invalid_argument` when `level` is not -1 or 0 to 9 (the level is unchanged);
+     * `errc::no_memory` when there is no stream.
+     */
+    result<void> set_level(int level) {
+        if (level < -1 || level > 9)
+            return error{errc::invalid_argument,
+                         qcow2::detail::cat("zlib: compression level ", qcow2::detail::dec(level), " is not -1 or 0 to 9")};
+        if (!s_) return zlib_detail::init_error("deflate", status_);
+        deflateReset(s_.get());
+        if (const int r = deflateParams(s_.get(), level, Z_DEFAULT_STRATEGY); r != Z_OK)
+            return error{errc::invalid_argument, qcow2::detail::cat("zlib: deflateParams failed with status ", qcow2::detail::dec(r))};
+        level_ = level;
+        return {};
+    }
+
+    /**
+     * @brief Compresses `in` into one raw deflate stream at the start of `out`.
+     *
+     * @param in  the data, typically one cluster (at most 4 GiB - 1 bytes)
+     * @param out where the stream goes; pass `cluster_size - 1` bytes so that a cluster
+     *            that does not shrink is stored uncompressed
+     * @return the number of bytes of `out` used.
+     * @par Errors
+     * - `errc::not_compressible`: the stream does not fit in `out`.
+     * - `errc::invalid_argument`: `in` is 4 GiB or larger, or the level given to the
+     *   constructor was invalid.
+     * - `errc::no_memory`: the stream could not be set up (or `*this` was moved from).
+     * @par Exception safety
+     * Only the text of an error can throw (`std::bad_alloc`). Never writes outside `out`.
+     */
+    result<std::size_t> compress(std::span<const std::byte> in, std::span<std::byte> out) {
+        if (!s_) return zlib_detail::init_error("deflate", status_);
+        if (in.size() > zlib_detail::max_chunk)
+            return error{errc::invalid_argument, qcow2::detail::cat("zlib: cannot compress ", qcow2::detail::dec(in.size()),
+                                                                    " bytes in one call (at most 4 GiB - 1)")};
+        if (out.empty()) return not_compressible(in.size(), 0);
+        z_stream& s = *s_;
+        deflateReset(&s);
+        s.next_in = zlib_detail::in_ptr(in.data());
+        s.avail_in = static_cast<uInt>(in.size());
+        s.next_out = zlib_detail::out_ptr(out.data());
+        s.avail_out = static_cast<uInt>(std::min(out.size(), zlib_detail::max_chunk));
+        const int r = deflate(&s, Z_FINISH);
+        if (r == Z_STREAM_END) return static_cast<std::size_t>(s.total_out);
+        if (r == Z_OK || r == Z_BUF_ERROR) return not_compressible(in.size(), out.size());
+        return error{errc::invalid_argument, qcow2::detail::cat("zlib: deflate failed with status ", qcow2::detail::dec(r))};
+    }
+
+private:
+    static error not_compressible(std::size_t in, std::size_t room) {
+        return error{errc::not_compressible, qcow2::detail::cat("zlib: ", qcow2::detail::dec(in), " bytes do not compress into ",
+                                                                qcow2::detail::dec(room), " bytes")};
+    }
+
+    std::unique_ptr<z_stream, zlib_detail::deflate_end> s_;
+    int status_ = Z_OK;
+    int level_;
+};
+
+/**
+ * @brief zlib compression and decompression in one object; a `codec::codec`.
+ *
+ * A `zlib_inflater` and a `zlib_deflater` side by side; see them for the contracts.
+ */
+class zlib_codec {
+public:
+    /// `Z_DEFAULT_COMPRESSION`, QEMU's level.
+    static constexpr int default_level = zlib_deflater::default_level;
+
+    /// Sets up both streams; compression uses `level` (-1 for zlib's default, 0 to 9).
+    explicit zlib_codec(int level = default_level) noexcept : deflater_(level) {}
+
+    /// Inflates one cluster; see `zlib_inflater::decompress`.
+    result<void> decompress(std::span<const std::byte> in, std::span<std::byte> out) { return inflater_.decompress(in, out); }
+    /// Deflates one cluster as QEMU does; see `zlib_deflater::compress`.
+    result<std::size_t> compress(std::span<const std::byte> in, std::span<std::byte> out) { return deflater_.compress(in, out); }
+    /// The compression level in use.
+    int level() const noexcept { return deflater_.level(); }
+    /// Changes the compression level; see `zlib_deflater::set_level`.
+    result<void> set_level(int level) { return deflater_.set_level(level); }
+
+private:
+    zlib_inflater inflater_;
+    zlib_deflater deflater_;
+};
+
+static_assert(decompressor<zlib_inflater>);
+static_assert(codec<zlib_codec>);
+
+} // namespace codec
+} // namespace QCOW2_ABI_NAMESPACE
+} // namespace qcow2
+
+#endif // QCOW2_HAS_ZLIB
+// ---- end qcow2/codec/zlib.hpp ----
+
+// ---- begin qcow2/codec/deflate.hpp ----
+/// @file
+/// @brief `libdeflate_inflater`: fast decompression of zlib (raw deflate) compressed clusters.
+///
+/// Present only when `QCOW2_HAS_LIBDEFLATE` is 1 (config.hpp); the header may be included
+/// either way and then declares nothing. Link with `-ldeflate` (the `qcow2::qcow2` CMake
+/// target does).
+///
+/// libdeflate decodes a whole deflate stream in one call, several times faster than zlib.
+/// It only ever decompresses here: its compressor always uses a 32 KiB window, and QEMU
+/// inflates with a 4 KiB one, so clusters it wrote could be unreadable by QEMU (write with
+/// `zlib_deflater`).
+///
+/// It is stricter than zlib in one respect: a stream must end (its final block) within
+/// the cluster. A stream that goes on past a full cluster, which zlib and QEMU accept by
+/// keeping the first cluster's worth, fails here; `cluster_decompressor` then retries
+/// with zlib when zlib is compiled in, so the dispatcher accepts exactly what zlib does.
+///
+/// @see reference §6.1 and §6.3.
+
+#if QCOW2_HAS_LIBDEFLATE
+#include <libdeflate.h>
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace qcow2 {
+inline namespace QCOW2_ABI_NAMESPACE {
+namespace codec {
+
+/**
+ * @brief Decompresses zlib (raw deflate) compressed clusters with libdeflate; a
+ *        `codec::decompressor` (it cannot compress, see the file comment).
+ *
+ * Holds one `libdeflate_decompressor` (about 10 KiB), allocated by the constructor and
+ * reused; `decompress` allocates nothing but the text of an error. libdeflate accepts
+ * every window size.
+ */
+class libdeflate_inflater {
+public:
+    /// Allocates the decompressor. Never throws; if allocation fails, every call reports `errc::no_memory`.
+    libdeflate_inflater() noexcept : d_(libdeflate_alloc_decompressor()) {}
+    libdeflate_inflater(const libdeflate_inflater&) = delete;
+    libdeflate_inflater& operator=(const libdeflate_inflater&) = delete;
+    /// Takes the other's decompressor; the moved-from object reports `errc::no_memory`.
+    libdeflate_inflater(libdeflate_inflater&&) noexcept = default;
+    /// Frees this decompressor and takes the other's.
+    libdeflate_inflater& operator=(libdeflate_inflater&&) noexcept = default;
+    /// Frees the decompressor.
+    ~libdeflate_inflater() = default;
+
+    /**
+     * @brief Decodes the raw deflate stream at the start of `in`, which must make exactly `out`.
+     *
+     * Input after the end of the stream is ignored (libdeflate reports how much it used).
+     *
+     * @param in  the compressed bytes (may run past the end of the stream)
+     * @param out where the cluster goes; every byte is written on success
+     * @return success when the stream decodes to exactly `out.size()` bytes.
+     * @par Errors
+     * - `errc::invalid_compressed_data`: the stream is corrupt, ends before `out` is
+     *   full, or goes on past it (stricter than zlib, see the file comment). `out` then
+     *   holds unspecified bytes.
+     * - `errc::no_memory`: the decompressor could not be allocated (or `*this` was moved from).
+     * @par Exception safety
+     * Only the text of an error can throw (`std::bad_alloc`). Never writes outside `out`.
+     */
+    result<void> decompress(std::span<const std::byte> in, std::span<std::byte> out) {
+        if (!d_) return error{errc::no_memory, "libdeflate: no decompressor (allocation failed, or the codec was moved from)"};
+        if (out.empty()) return {};
+        if (in.empty()) return corrupt("the input is empty", out.size());
+        std::size_t used = 0, produced = 0;
+        const libdeflate_result r =
+            libdeflate_deflate_decompress_ex(d_.get(), in.data(), in.size(), out.data(), out.size(), &used, &produced);
+        switch (r) {
+        case LIBDEFLATE_SUCCESS:
+            if (produced == out.size()) return {};
+            return error{errc::invalid_compressed_data,
+                         qcow2::detail::cat("libdeflate: the deflate stream ends early (", qcow2::detail::dec(produced), " of ",
+                                            qcow2::detail::dec(out.size()), " bytes produced)")};
+        case LIBDEFLATE_INSUFFICIENT_SPACE:
+            return corrupt("the deflate stream goes on past the end of the cluster", out.size());
+        case LIBDEFLATE_BAD_DATA:
+            return corrupt("corrupt deflate stream, or the input ends before the cluster is complete", out.size());
+        default:
+            return corrupt("unexpected result from libdeflate_deflate_decompress_ex", out.size());
+        }
+    }
+
+private:
+    static error corrupt(const char* what, std::size_t wanted) {
+        return error{errc::invalid_compressed_data,
+                     qcow2::detail::cat("libdeflate: ", what, " (a cluster of ", qcow2::detail::dec(wanted), " bytes)")};
+    }
+
+    struct free_decompressor {
+        void operator()(libdeflate_decompressor* d) const noexcept { libdeflate_free_decompressor(d); }
+    };
+    std::unique_ptr<libdeflate_decompressor, free_decompressor> d_;
+};
+
+static_assert(decompressor<libdeflate_inflater>);
+
+} // namespace codec
+} // namespace QCOW2_ABI_NAMESPACE
+} // namespace qcow2
+
+#endif // QCOW2_HAS_LIBDEFLATE
+// ---- end qcow2/codec/deflate.hpp ----
+
+// ---- begin qcow2/codec/zstd.hpp ----
+/// @file
+/// @brief zstd codecs for compression_type 1, behaving as QEMU's.
+///
+/// Present only when `QCOW2_HAS_ZSTD` is 1 (config.hpp); the header may be included either
+/// way and then declares nothing. Link with `-lzstd` (the `qcow2::qcow2` CMake target does).
+///
+/// - `zstd_decompressor` (`codec::decompressor`) runs QEMU's loop: `ZSTD_decompressStream`
+///   until the cluster is full (it may take several frames), failing when a step makes no
+///   progress or the input ends first, and when the last frame is not finished once the
+///   cluster is full (it would decode to more than one cluster). Input after the frame
+///   that completes the cluster is ignored.
+/// - `zstd_compressor` writes one frame with `ZSTD_compress2` at the default level, the
+///   same frame QEMU's `ZSTD_compressStream2(ZSTD_e_end)` loop makes.
+/// - `zstd_codec` is both (`codec::codec`).
+///
+/// @see reference §6.2; QEMU block/qcow2-threads.c `qcow2_zstd_compress`/`_decompress`.
+
+#if QCOW2_HAS_ZSTD
+#include <zstd.h>
+#include <zstd_errors.h>
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace qcow2 {
+inline namespace QCOW2_ABI_NAMESPACE {
+namespace codec {
+
+/**
+ * @brief Decompresses zstd compressed clusters; a `codec::decompressor`.
+ *
+ * Holds one `ZSTD_DCtx`, created by the constructor and reused. A frame that fits in the
+ * cluster and is wholly in the input (every frame QEMU writes) is decoded straight into
+ * `out` without further allocation. Other frames go through zstd's buffers, which it
+ * allocates once and keeps; their size is bounded by `max_window_log`, whatever the
+ * stream claims.
+ */
+class zstd_decompressor {
+public:
+    /**
+     * @brief Largest window accepted, as a power of two (8 MiB).
+     *
+     * zstd's default allows 2^27 (128 MiB of buffer for one crafted frame). Every frame
+     * of zstd's non-"ultra" levels (1 to 19) fits in 2^23, and frames that record their
+     * size, as QEMU's do, need no more than the cluster.
+     */
+    static constexpr int max_window_log = 23;
+
+    /// Creates the context. Never throws; if allocation fails, every call reports `errc::no_memory`.
+    zstd_decompressor() noexcept : d_(ZSTD_createDCtx()) {
+        if (d_ && ZSTD_isError(ZSTD_DCtx_setParameter(d_.get(), ZSTD_d_windowLogMax, max_window_log))) d_.reset();
+    }
+    zstd_decompressor(const zstd_decompressor&) = delete;
+    zstd_decompressor& operator=(const zstd_decompressor&) = delete;
+    /// Takes the other's context; the moved-from object reports `errc::no_memory`.
+    zstd_decompressor(zstd_decompressor&&) noexcept = default;
+    /// Frees this context and takes the other's.
+    zstd_decompressor& operator=(zstd_decompressor&&) noexcept = default;
+    /// Frees the context.
+    ~zstd_decompressor() = default;
+
+    /**
+     * @brief Decodes zstd frames from `in` until all of `out` is written.
+     *
+     * @param in  the compressed bytes: one or more frames (skippable frames allowed), and
+     *            anything after the frame that completes the cluster
+     * @param out where the cluster goes; every byte is written on success
+     * @return success when `out` is full and the frame that filled it has ended.
+     * @par Errors
+     * - `errc::invalid_compressed_data`: a frame is corrupt or needs a window over
+     *   2^`max_window_log` (zstd's reason is in the message); the input ends before `out`
+     *   is full; a step makes no progress; or the frame that fills `out` goes on after it
+     *   (it would make more than one cluster; QEMU refuses it too). `out` then holds
+     *   unspecified bytes.
+     * - `errc::no_memory`: the context could not be created (or `*this` was moved from),
+     *   or zstd could not allocate its buffers.
+     * @par Exception safety
+     * Only the text of an error can throw (`std::bad_alloc`). Never writes outside `out`.
+     */
+    result<void> decompress(std::span<const std::byte> in, std::span<std::byte> out) {
+        if (!d_) return error{errc::no_memory, "zstd: no decompression context (allocation failed, or the codec was moved from)"};
+        if (out.empty()) return {};
+        ZSTD_DCtx_reset(d_.get(), ZSTD_reset_session_only);
+        ZSTD_inBuffer src{in.data(), in.size(), 0};
+        ZSTD_outBuffer dst{out.data(), out.size(), 0};
+        std::size_t r = 0;
+        while (dst.pos < dst.size) {
+            const std::size_t in_before = src.pos, out_before = dst.pos;
+            r = ZSTD_decompressStream(d_.get(), &dst, &src);
+            if (ZSTD_isError(r)) {
+                if (ZSTD_getErrorCode(r) == ZSTD_error_memory_allocation)
+                    return error{errc::no_memory, "zstd: out of memory while decompressing"};
+                return corrupt(ZSTD_getErrorName(r), dst.pos, dst.size);
+            }
+            if (src.pos == in_before && dst.pos == out_before)
+                return corrupt(src.pos == src.size ? "the input ends before the cluster is complete" : "the stream makes no progress",
+                               dst.pos, dst.size);
+        }
+        if (r != 0) return corrupt("the frame goes on past the end of the cluster", dst.pos, dst.size);
+        return {};
+    }
+
+private:
+    static error corrupt(const char* what, std::size_t produced, std::size_t wanted) {
+        return error{errc::invalid_compressed_data,
+                     qcow2::detail::cat("zstd: ", what, " (", qcow2::detail::dec(produced), " of ",
+                                        qcow2::detail::dec(wanted), " bytes produced)")};
+    }
+
+    struct free_dctx {
+        void operator()(ZSTD_DCtx* d) const noexcept { ZSTD_freeDCtx(d); }
+    };
+    std::unique_ptr<ZSTD_DCtx, free_dctx> d_;
+};
+
+/**
+ * @brief Compresses clusters as QEMU does for compression_type zstd.
+ *
+ * Holds one `ZSTD_CCtx`, created by the constructor. zstd sizes its working memory at the
+ * first call (for the cluster size and level) and reuses it for the following calls of
+ * the same size.
+ */
+class zstd_compressor {
+public:
+    /// zstd's default level (`ZSTD_CLEVEL_DEFAULT`, 3), QEMU's choice.
+    static constexpr int default_level = ZSTD_CLEVEL_DEFAULT;
+
+    /**
+     * @brief Creates the context, compressing at `level` (zstd's range, negative levels included).
+     *
+     * Never throws. If allocation fails, every call reports `errc::no_memory`; an invalid
+     * level makes every call report `errc::invalid_argument`.
+     */
+    explicit zstd_compressor(int level = default_level) noexcept : c_(ZSTD_createCCtx()) {
+        if (c_) level_status_ = ZSTD_CCtx_setParameter(c_.get(), ZSTD_c_compressionLevel, level);
+        if (!ZSTD_isError(level_status_)) level_ = level;
+    }
+    zstd_compressor(const zstd_compressor&) = delete;
+    zstd_compressor& operator=(const zstd_compressor&) = delete;
+    /// Takes the other's context; the moved-from object reports `errc::no_memory`.
+    zstd_compressor(zstd_compressor&&) noexcept = default;
+    /// Frees this context and takes the other's.
+    zstd_compressor& operator=(zstd_compressor&&) noexcept = default;
+    /// Frees the context.
+    ~zstd_compressor() = default;
+
+    /// The compression level in use.
+    int level() const noexcept { return level_; }
+
+    /**
+     * @brief Changes the compression level for the following calls.
+     * @par Errors
+     * `errc::invalid_argument` when zstd refuses the level (the level is unchanged);
+     * `errc::no_memory` when there is no context.
+     */
+    result<void> set_level(int level) {
+        if (!c_) return no_context();
+        if (const std::size_t r = ZSTD_CCtx_setParameter(c_.get(), ZSTD_c_compressionLevel, level); ZSTD_isError(r))
+            return error{errc::invalid_argument, qcow2::detail::cat("zstd: compression level ", qcow2::detail::dec(level), ": ",
+                                                                    ZSTD_getErrorName(r))};
+        level_ = level;
+        level_status_ = 0;
+        return {};
+    }
+
+    /**
+     * @brief Compresses `in` into one zstd frame (with its content size) at the start of `out`.
+     *
+     * @param in  the data, typically one cluster
+     * @param out where the frame goes; pass `cluster_size - 1` bytes so that a cluster that
+     *            does not shrink is stored uncompressed
+     * @return the number of bytes of `out` used.
+     * @par Errors
+     * - `errc::not_compressible`: the frame does not fit in `out`.
+     * - `errc::invalid_argument`: the level given to the constructor was refused.
+     * - `errc::no_memory`: no context (allocation failed, or `*this` was moved from), or zstd
+     *   could not allocate its working memory.
+     * @par Exception safety
+     * Only the text of an error can throw (`std::bad_alloc`). Never writes outside `out`.
+     */
+    result<std::size_t> compress(std::span<const std::byte> in, std::span<std::byte> out) {
+        if (!c_) return no_context();
+        if (ZSTD_isError(level_status_))
+            return error{errc::invalid_argument, qcow2::detail::cat("zstd: invalid compression level: ", ZSTD_getErrorName(level_status_))};
+        const std::size_t r = ZSTD_compress2(c_.get(), out.data(), out.size(), in.data(), in.size());
+        if (!ZSTD_isError(r)) return r;
+        switch (ZSTD_getErrorCode(r)) {
+        case ZSTD_error_dstSize_tooSmall:
+            return error{errc::not_compressible, qcow2::detail::cat("zstd: ", qcow2::detail::dec(in.size()),
+                                                                    " bytes do not compress into ", qcow2::detail::dec(out.size()), " bytes")};
+        case ZSTD_error_memory_allocation:
+            return error{errc::no_memory, "zstd: out of memory while compressing"};
+        default:
+            return error{errc::invalid_argument, qcow2::detail::cat("zstd: compression failed: ", ZSTD_getErrorName(r))};
+        }
+    }
+
+private:
+    static error no_context() {
+        return error{errc::no_memory, "zstd: no compression context (allocation failed, or the codec was moved from)"};
+    }
+
+    struct free_cctx {
+        void operator()(ZSTD_CCtx* c) const noexcept { ZSTD_freeCCtx(c); }
+    };
+    std::unique_ptr<ZSTD_CCtx, free_cctx> c_;
+    std::size_t level_status_ = 0;
+    int level_ = default_level;
+};
+
+/**
+ * @brief zstd compression and decompression in one object; a `codec::codec`.
+ *
+ * A `zstd_decompressor` and a `zstd_compressor` side by side; see them for the contracts.
+ */
+class zstd_codec {
+public:
+    /// zstd's default level, QEMU's choice.
+    static constexpr int default_level = zstd_compressor::default_level;
+
+    /// Creates both contexts; compression uses `level`.
+    explicit zstd_codec(int level = default_level) noexcept : compressor_(level) {}
+
+    /// Decodes one cluster; see `zstd_decompressor::decompress`.
+    result<void> decompress(std::span<const std::byte> in, std::span<std::byte> out) { return decompressor_.decompress(in, out); }
+    /// Compresses one cluster as QEMU does; see `zstd_compressor::compress`.
+    result<std::size_t> compress(std::span<const std::byte> in, std::span<std::byte> out) { return compressor_.compress(in, out); }
+    /// The compression level in use.
+    int level() const noexcept { return compressor_.level(); }
+    /// Changes the compression level; see `zstd_compressor::set_level`.
+    result<void> set_level(int level) { return compressor_.set_level(level); }
+
+private:
+    zstd_decompressor decompressor_;
+    zstd_compressor compressor_;
+};
+
+static_assert(decompressor<zstd_decompressor>);
+static_assert(codec<zstd_codec>);
+
+} // namespace codec
+} // namespace QCOW2_ABI_NAMESPACE
+} // namespace qcow2
+
+#endif // QCOW2_HAS_ZSTD
+// ---- end qcow2/codec/zstd.hpp ----
+
+// ---- begin qcow2/codec/dispatch.hpp ----
+/// @file
+/// @brief `cluster_decompressor` and `cluster_compressor`: the codec for an image's
+///        `compression_type`, chosen at run time among those compiled in.
+///
+/// | type | decompress with | compress with |
+/// |---|---|---|
+/// | `compression::zlib` | libdeflate if compiled in (falling back to zlib for the streams it refuses), else zlib | zlib (window bits -12) |
+/// | `compression::zstd` | zstd | zstd |
+///
+/// A type whose library was not compiled in is not a compile error: the objects can be
+/// made, `available()` says false, and every call fails with `errc::unsupported_compression`
+/// and a message naming the library and the macro ("zstd support was not compiled in
+/// (QCOW2_HAS_ZSTD=0)"). An image can therefore be opened, inspected and read everywhere
+/// but in its compressed clusters.
+
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <string_view>
+
+namespace qcow2 {
+inline namespace QCOW2_ABI_NAMESPACE {
+namespace codec {
+
+namespace dispatch_detail {
+
+inline error unknown_type(compression type) {
+    return error{errc::invalid_compression_type,
+                 qcow2::detail::cat("compression type ", qcow2::detail::dec(static_cast<unsigned>(type)),
+                                    " is unknown (known: 0 zlib, 1 zstd)")};
+}
+
+inline error zstd_missing() { return error{errc::unsupported_compression, "zstd support was not compiled in (QCOW2_HAS_ZSTD=0)"}; }
+
+} // namespace dispatch_detail
+
+/**
+ * @brief Decompresses the clusters of an image whose `compression_type` is known only at
+ *        run time; a `codec::decompressor`.
+ *
+ * Holds the state of the one library it needs (made by the constructor, reused by every
+ * call). Movable, not copyable; one thread at a time.
+ */
+class cluster_decompressor {
+public:
+    /**
+     * @brief True when clusters of `type` can be decompressed in this build.
+     *
+     * zlib: `QCOW2_HAS_ZLIB` or `QCOW2_HAS_LIBDEFLATE`; zstd: `QCOW2_HAS_ZSTD`; other values: false.
+     */
+    static constexpr bool available(compression type) noexcept {
+        switch (type) {
+        case compression::zlib: return QCOW2_HAS_ZLIB || QCOW2_HAS_LIBDEFLATE;
+        case compression::zstd: return QCOW2_HAS_ZSTD;
+        }
+        return false;
+    }
+
+    /**
+     * @brief Sets up the library for `type`. Never fails: a type that is unknown or not
+     *        compiled in, or a library that cannot allocate, is reported by `decompress`.
+     */
+    explicit cluster_decompressor(compression type) noexcept : type_(type) {
+        switch (type) {
+        case compression::zlib:
+#if QCOW2_HAS_LIBDEFLATE
+            libdeflate_.emplace();
+#elif QCOW2_HAS_ZLIB
+            zlib_.emplace();
+#endif
+            break;
+        case compression::zstd:
+#if QCOW2_HAS_ZSTD
+            zstd_.emplace();
+#endif
+            break;
+        }
+    }
+
+    cluster_decompressor(const cluster_decompressor&) = delete;
+    cluster_decompressor& operator=(const cluster_decompressor&) = delete;
+    /// Takes the other's library state; the moved-from object reports `errc::no_memory` (or, with no
+    /// library compiled in for its type, what it reported before).
+    cluster_decompressor(cluster_decompressor&&) noexcept = default;
+    /// Frees this object's library state and takes the other's.
+    cluster_decompressor& operator=(cluster_decompressor&&) noexcept = default;
+    /// Frees the library state.
+    ~cluster_decompressor() = default;
+
+    /// The compression type this object decompresses.
+    compression type() const noexcept { return type_; }
+
+    /// The library doing the work: "libdeflate", "zlib", "zstd", or "" when none is available.
+    std::string_view library() const noexcept {
+        switch (type_) {
+        case compression::zlib: return QCOW2_HAS_LIBDEFLATE ? "libdeflate" : QCOW2_HAS_ZLIB ? "zlib" : "";
+        case compression::zstd: return QCOW2_HAS_ZSTD ? "zstd" : "";
+        }
+        return "";
+    }
+
+    /**
+     * @brief Decompresses one cluster: fills all of `out` from the stream in `in`.
+     *
+     * zlib: libdeflate decodes when it is compiled in; when it refuses the stream and zlib
+     * is compiled in too, zlib decodes it again (creating its state on that first
+     * refusal), so that exactly the streams zlib and QEMU accept are accepted, those that
+     * go on past the cluster included. zstd: see `zstd_decompressor::decompress` (a frame
+     * that goes on past the cluster is refused, as QEMU does).
+     *
+     * @param in  the compressed bytes, as read from the descriptor's range (may include
+     *            up to 511 bytes of what follows the stream)
+     * @param out exactly one cluster; every byte is written on success
+     * @par Errors
+     * - `errc::invalid_compressed_data`: the stream is corrupt, ends early, or (zstd) goes on past the cluster.
+     * - `errc::unsupported_compression`: the library for this type was not compiled in
+     *   (the message names it and its macro).
+     * - `errc::invalid_compression_type`: `type()` is neither zlib nor zstd.
+     * - `errc::no_memory`: the library could not allocate its state.
+     * @par Allocation
+     * None on success; the zlib fallback's state is allocated at the first refusal.
+     * @par Exception safety
+     * Only the text of an error can throw (`std::bad_alloc`). Never writes outside `out`.
+     */
+    result<void> decompress(std::span<const std::byte> in, std::span<std::byte> out) {
+        switch (type_) {
+        case compression::zlib: {
+#if QCOW2_HAS_LIBDEFLATE
+            auto r = libdeflate_->decompress(in, out);
+#if QCOW2_HAS_ZLIB
+            if (!r && r.error().is(errc::invalid_compressed_data)) {
+                if (!zlib_) zlib_.emplace();
+                return zlib_->decompress(in, out); // zlib's verdict, with its more detailed message
+            }
+#endif
+            return r;
+#elif QCOW2_HAS_ZLIB
+            return zlib_->decompress(in, out);
+#else
+            (void)in;
+            (void)out;
+            return error{errc::unsupported_compression,
+                         "zlib support was not compiled in (QCOW2_HAS_ZLIB=0 and QCOW2_HAS_LIBDEFLATE=0)"};
+#endif
+        }
+        case compression::zstd:
+#if QCOW2_HAS_ZSTD
+            return zstd_->decompress(in, out);
+#else
+            (void)in;
+            (void)out;
+            return dispatch_detail::zstd_missing();
+#endif
+        }
+        return dispatch_detail::unknown_type(type_);
+    }
+
+private:
+    compression type_;
+#if QCOW2_HAS_LIBDEFLATE
+    std::optional<libdeflate_inflater> libdeflate_;
+#endif
+#if QCOW2_HAS_ZLIB
+    std::optional<zlib_inflater> zlib_;
+#endif
+#if QCOW2_HAS_ZSTD
+    std::optional<zstd_decompressor> zstd_;
+#endif
+};
+
+/**
+ * @brief Compresses clusters for an image whose `compression_type` is known only at run
+ *        time, as QEMU does.
+ *
+ * Holds the state of the one library it needs (made by the constructor, reused by every
+ * call). Movable, not copyable; one thread at a time.
+ */
+class cluster_compressor {
+public:
+    /**
+     * @brief True when clusters of `type` can be compressed in this build.
+     *
+     * zlib: `QCOW2_HAS_ZLIB` (libdeflate does not count: QEMU could not read its output);
+     * zstd: `QCOW2_HAS_ZSTD`; other values: false.
+     */
+    static constexpr bool available(compression type) noexcept {
+        switch (type) {
+        case compression::zlib: return QCOW2_HAS_ZLIB;
+        case compression::zstd: return QCOW2_HAS_ZSTD;
+        }
+        return false;
+    }
+
+    /**
+     * @brief Sets up the library for `type` at its default level (QEMU's). Never fails:
+     *        problems are reported by `compress`.
+     */
+    explicit cluster_compressor(compression type) noexcept : type_(type) {
+        switch (type) {
+        case compression::zlib:
+#if QCOW2_HAS_ZLIB
+            zlib_.emplace();
+#endif
+            break;
+        case compression::zstd:
+#if QCOW2_HAS_ZSTD
+            zstd_.emplace();
+#endif
+            break;
+        }
+    }
+
+    /**
+     * @brief Sets up the library for `type` at `level`, in that library's scale
+     *        (zlib: -1 to 9; zstd: its levels). Never fails: problems are reported by `compress`.
+     */
+    cluster_compressor(compression type, int level) noexcept : type_(type) {
+        switch (type) {
+        case compression::zlib:
+#if QCOW2_HAS_ZLIB
+            zlib_.emplace(level);
+#endif
+            break;
+        case compression::zstd:
+#if QCOW2_HAS_ZSTD
+            zstd_.emplace(level);
+#endif
+            break;
+        }
+        (void)level;
+    }
+
+    cluster_compressor(const cluster_compressor&) = delete;
+    cluster_compressor& operator=(const cluster_compressor&) = delete;
+    /// Takes the other's library state; the moved-from object reports `errc::no_memory` (or, with no
+    /// library compiled in for its type, what it reported before).
+    cluster_compressor(cluster_compressor&&) noexcept = default;
+    /// Frees this object's library state and takes the other's.
+    cluster_compressor& operator=(cluster_compressor&&) noexcept = default;
+    /// Frees the library state.
+    ~cluster_compressor() = default;
+
+    /// The compression type this object writes.
+    compression type() const noexcept { return type_; }
+
+    /**
+     * @brief Compresses one cluster into the start of `out`.
+     *
+     * @param in  the cluster
+     * @param out where the stream goes; pass `cluster_size - 1` bytes so that a cluster
+     *            that does not shrink is stored uncompressed
+     * @return the compressed size.
+     * @par Errors
+     * - `errc::not_compressible`: the stream does not fit in `out`.
+     * - `errc::unsupported_compression`: the library for this type was not compiled in
+     *   (the message names it and its macro).
+     * - `errc::invalid_compression_type`: `type()` is neither zlib nor zstd.
+     * - `errc::invalid_argument`, `errc::no_memory`: see `zlib_deflater::compress`,
+     *   `zstd_compressor::compress`.
+     * @par Exception safety
+     * Only the text of an error can throw (`std::bad_alloc`). Never writes outside `out`.
+     */
+    result<std::size_t> compress(std::span<const std::byte> in, std::span<std::byte> out) {
+        switch (type_) {
+        case compression::zlib:
+#if QCOW2_HAS_ZLIB
+            return zlib_->compress(in, out);
+#else
+            (void)in;
+            (void)out;
+            return error{errc::unsupported_compression,
+                         QCOW2_HAS_LIBDEFLATE ? "zlib support was not compiled in (QCOW2_HAS_ZLIB=0); libdeflate only decompresses"
+                                              : "zlib support was not compiled in (QCOW2_HAS_ZLIB=0)"};
+#endif
+        case compression::zstd:
+#if QCOW2_HAS_ZSTD
+            return zstd_->compress(in, out);
+#else
+            (void)in;
+            (void)out;
+            return dispatch_detail::zstd_missing();
+#endif
+        }
+        return dispatch_detail::unknown_type(type_);
+    }
+
+private:
+    compression type_;
+#if QCOW2_HAS_ZLIB
+    std::optional<zlib_deflater> zlib_;
+#endif
+#if QCOW2_HAS_ZSTD
+    std::optional<zstd_compressor> zstd_;
+#endif
+};
+
+static_assert(decompressor<cluster_decompressor>);
+
+} // namespace codec
+} // namespace QCOW2_ABI_NAMESPACE
+} // namespace qcow2
+// ---- end qcow2/codec/dispatch.hpp ----
+
+// metadata
+// ---- begin qcow2/metadata/table_cache.hpp ----
+/// @file
+/// @brief `qcow2::basic_table_cache`: a bounded LRU cache of metadata tables (L2 tables, refcount blocks).
+///
+/// Every metadata lookup of a guest read or write goes through this cache, so its hit
+/// path is a hash probe and four index updates: no allocation, no I/O, no search.
+/// Its memory is fixed when it is made and does not grow with the image.
+
+#include <algorithm>
+#include <bit>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <span>
+#include <type_traits>
+#include <utility>
+
+namespace qcow2 {
+
+/// What `basic_table_cache::get` calls on a miss: `load(std::span<std::byte> out)` fills
+/// all of `out` with the table and returns a `qcow2::result<void>` (convertible to it).
+template <class L>
+concept table_loader = std::invocable<L&, std::span<std::byte>> &&
+    std::convertible_to<std::invoke_result_t<L&, std::span<std::byte>>, result<void>>;
+
+/**
+ * @brief A bounded LRU cache of fixed-size metadata tables, keyed by host offset.
+ *
+ * Holds up to `capacity()` tables of `table_size()` bytes each (one cluster for a
+ * refcount block or a standard L2 table). A lookup that misses evicts the least
+ * recently used table and asks the caller's loader to fill the freed slot.
+ *
+ * @par Memory
+ * Everything is allocated once, by `make`, through the (rebound) allocator, in three
+ * blocks: the tables (`capacity() * table_size()` bytes, untouched until loaded), one
+ * 24-byte record per table (LRU links, pin count, offset) and an open-addressing hash
+ * index of 16-byte buckets (a power of two, at least twice the table count, so the
+ * load factor stays at or under 1/2). `memory_bytes()` is the sum. Nothing else is ever
+ * allocated: not on a hit, a miss, an eviction, `invalidate` or `clear`. Memory use
+ * therefore depends only on the budget given to `make`, never on the size of the image.
+ *
+ * @par Write-through
+ * The cache never writes anything. A caller that modifies a table writes it to the
+ * backend itself, then updates the cached copy (through the span from `get` or `find`)
+ * or calls `invalidate`. There is no dirty state and nothing to flush, so the order in
+ * which metadata reaches the disk (what survives a crash) stays entirely with the caller.
+ *
+ * @par Pinning
+ * A pinned table is never evicted, so its span stays valid. Pins are counted: each
+ * `pin` (or `get_pinned`) needs one `unpin`. While pinned a table sits outside the LRU
+ * order; its last `unpin` makes it the most recently used table. With every slot pinned,
+ * a miss fails with `errc::no_memory`. The cache always has at least two slots, so a
+ * caller can hold one table pinned while it loads another.
+ *
+ * @par Complexity
+ * `get`, `get_pinned`, `find`, `contains`, `invalidate`, `pin` and `unpin` are O(1) on
+ * average (linear probing, deletion by backward shift, so no tombstones pile up);
+ * `clear` and `make` are O(capacity()).
+ *
+ * @par Thread safety
+ * That of a standard container: one thread at a time, even for `find` (it updates the
+ * LRU order and the statistics).
+ *
+ * @tparam Allocator an allocator of any value type; it is rebound to `std::byte` and to
+ *         the two index record types. Stored with `[[no_unique_address]]`, so a stateless
+ *         allocator costs nothing.
+ */
+template <class Allocator = std::allocator<std::byte>>
+class basic_table_cache {
+public:
+    /// The allocator, rebound to `std::byte`.
+    using allocator_type = typename std::allocator_traits<Allocator>::template rebind_alloc<std::byte>;
+
+    /// Counters since the cache was made (kept by `clear`).
+    struct stats {
+        std::uint64_t hits = 0;      ///< lookups (`get`, `get_pinned`, `find`) that found their table
+        std::uint64_t misses = 0;    ///< `get` / `get_pinned` calls that had to load, failed loads included
+        std::uint64_t evictions = 0; ///< tables dropped to make room for a load (not `invalidate` or `clear`)
+    };
+
+    /// The most tables a cache can hold (slot numbers are 32-bit).
+    static constexpr std::size_t max_tables = std::size_t{1} << 30;
+
+    /**
+     * @brief Makes a cache of `max(2, capacity_bytes / table_size)` tables of `table_size` bytes.
+     *
+     * This is the only way to make a non-empty cache: it allocates all the memory the
+     * cache will ever use (see the class notes) and reports what a constructor could not.
+     *
+     * @param capacity_bytes the memory budget for table contents; rounded down to whole
+     *        tables, and raised to two tables when smaller (so one can stay pinned while
+     *        another loads). The index comes on top: 56 to 88 bytes per table.
+     * @param table_size bytes per table: one cluster (one L2 table, one refcount block).
+     * @param alloc the allocator all three blocks come from.
+     * @return the cache, or an error.
+     * @par Errors
+     * - `errc::invalid_argument`: `table_size` is zero; more than `max_tables` tables;
+     *   the total size is not representable (`2 * table_size` overflows, say) or exceeds
+     *   the allocator's `max_size()`.
+     * - `errc::no_memory`: the allocator failed (reported only when exceptions are
+     *   enabled; without them a failing allocator ends the program as usual).
+     * @par Exception safety
+     * Does not throw (allocation failures become `errc::no_memory`, and nothing leaks),
+     * except `std::bad_alloc` from building an error's message.
+     */
+    static result<basic_table_cache> make(std::size_t capacity_bytes, std::size_t table_size,
+                                          const Allocator& alloc = Allocator()) {
+        if (table_size == 0) return error(errc::invalid_argument, "table cache: the table size is zero");
+        const std::size_t slots = std::max<std::size_t>(2, capacity_bytes / table_size);
+        if (slots > max_tables)
+            return error(errc::invalid_argument, "table cache: the budget asks for more than 2^30 tables");
+        // slots <= 2^30, so 2 * slots fits in a size_t of 32 bits or more.
+        const std::size_t buckets = std::bit_ceil(2 * slots);
+        allocator_type bytes_alloc(alloc);
+        slot_alloc slots_alloc(bytes_alloc);
+        bucket_alloc buckets_alloc(bytes_alloc);
+        constexpr std::size_t size_max = std::numeric_limits<std::size_t>::max();
+        // The index is under 2^37 bytes: computed in 64 bits, it cannot overflow even where size_t has 32.
+        const std::uint64_t index_size =
+            std::uint64_t{slots} * sizeof(slot_info) + std::uint64_t{buckets} * sizeof(bucket);
+        if (table_size > size_max / slots ||
+            slots * table_size > std::allocator_traits<allocator_type>::max_size(bytes_alloc) ||
+            slots > std::allocator_traits<slot_alloc>::max_size(slots_alloc) ||
+            buckets > std::allocator_traits<bucket_alloc>::max_size(buckets_alloc) ||
+            index_size > size_max - slots * table_size)
+            return error(errc::invalid_argument, "table cache: the table size times the table count overflows");
+
+        basic_table_cache c(bytes_alloc);
+        c.table_size_ = table_size;
+        c.slot_count_ = static_cast<index>(slots);
+        c.mask_ = buckets - 1;
+        c.shift_ = 64 - std::countr_zero(static_cast<std::uint64_t>(buckets));
+#if QCOW2_HAS_EXCEPTIONS
+        try {
+#endif
+            // The destructor of `c` frees whichever blocks were allocated when a later one fails.
+            c.tables_ = std::allocator_traits<allocator_type>::allocate(c.alloc_, slots * table_size);
+            c.slots_ = std::allocator_traits<slot_alloc>::allocate(slots_alloc, slots);
+            c.buckets_ = std::allocator_traits<bucket_alloc>::allocate(buckets_alloc, buckets);
+#if QCOW2_HAS_EXCEPTIONS
+        } catch (...) {
+            return error(errc::no_memory, "table cache: allocating the tables and their index");
+        }
+#endif
+        std::uninitialized_fill_n(c.slots_, slots, slot_info{});
+        std::uninitialized_fill_n(c.buckets_, buckets, bucket{});
+        c.reset_free_list();
+        return c;
+    }
+
+    /// An empty cache with no slots: every `get` fails with `errc::no_memory`. Allocates nothing.
+    basic_table_cache() noexcept(std::is_nothrow_default_constructible_v<allocator_type>) : alloc_() {}
+
+    /// An empty cache with no slots that remembers `alloc`. Allocates nothing.
+    explicit basic_table_cache(const allocator_type& alloc) noexcept : alloc_(alloc) {}
+
+    /// Not copyable: a cache is a fixed budget of memory, not a value.
+    basic_table_cache(const basic_table_cache&) = delete;
+    /// Not copyable.
+    basic_table_cache& operator=(const basic_table_cache&) = delete;
+
+    /// Takes the tables and the index (and a copy of the allocator); `o` is left empty, with no slots.
+    basic_table_cache(basic_table_cache&& o) noexcept : alloc_(o.alloc_) { steal(o); }
+
+    /**
+     * @brief Frees this cache's memory and takes `o`'s; `o` is left empty, with no slots.
+     *
+     * Only for allocators that propagate on move assignment or are always equal: other
+     * allocators (`std::pmr::polymorphic_allocator`) could not free what the other one
+     * allocated, so a cache using them is move-constructible only.
+     */
+    basic_table_cache& operator=(basic_table_cache&& o) noexcept
+        requires(std::allocator_traits<allocator_type>::propagate_on_container_move_assignment::value ||
+                 std::allocator_traits<allocator_type>::is_always_equal::value) {
+        if (this == &o) return *this;
+        release();
+        if constexpr (std::allocator_traits<allocator_type>::propagate_on_container_move_assignment::value)
+            alloc_ = o.alloc_;
+        steal(o);
+        return *this;
+    }
+
+    /// Frees the memory. Spans into the cache become invalid.
+    ~basic_table_cache() { release(); }
+
+    /**
+     * @brief The table stored at host `offset`, loaded through `load` on a miss.
+     *
+     * On a hit the table becomes the most recently used. On a miss a slot is taken: a
+     * free one, else the least recently used unpinned table is evicted; then
+     * `load(std::span<std::byte> out)` is called once with the slot (exactly
+     * `table_size()` bytes, holding stale contents) and must fill all of it, returning
+     * a `qcow2::result<void>`. If the load fails (or throws), the slot is returned to
+     * the free list: no entry for `offset` is left behind, the next `get` calls the
+     * loader again, and the evicted table stays evicted.
+     *
+     * The span stays valid until the next call that can evict (`get` or `get_pinned`
+     * with another offset), `invalidate` of this offset, `clear`, or the cache's move or
+     * destruction; `pin` the table to keep it longer. The loader must not call back into
+     * the cache.
+     *
+     * @param offset host offset of the table (any value; it is only a key).
+     * @param load invoked as `load(std::span<std::byte>)`, only on a miss.
+     * @return the cached table (`table_size()` bytes), or an error.
+     * @par Errors
+     * Whatever `load` returns; `errc::no_memory` when every slot is pinned (the loader
+     * is not called then), or the cache was default-constructed or moved from.
+     * @par Exception safety
+     * Allocates nothing; an exception thrown by `load` propagates and leaves the cache
+     * consistent, without an entry for `offset` (basic guarantee: a table may have been
+     * evicted).
+     * @par Complexity
+     * O(1) on average, plus the loader.
+     * @par I/O
+     * None of its own; the loader's on a miss.
+     */
+    template <table_loader Loader>
+    result<std::span<std::byte>> get(std::uint64_t offset, Loader&& load) {
+        return lookup_or_load(offset, load, false);
+    }
+
+    /**
+     * @brief `get`, and on success pins the table (one more pin; `unpin` once when done).
+     *
+     * Errors, exception safety and complexity are those of `get`; on failure nothing is pinned.
+     */
+    template <table_loader Loader>
+    result<std::span<std::byte>> get_pinned(std::uint64_t offset, Loader&& load) {
+        return lookup_or_load(offset, load, true);
+    }
+
+    /// The table at `offset` if cached (it counts as a use and a hit), else an empty span. Never loads.
+    std::span<std::byte> find(std::uint64_t offset) noexcept {
+        const index s = lookup(offset);
+        if (s == npos) return {};
+        ++stats_.hits;
+        touch(s);
+        return table(s);
+    }
+
+    /// True when the table at `offset` is cached. Not a use: changes neither the LRU order nor the statistics.
+    bool contains(std::uint64_t offset) const noexcept { return lookup(offset) != npos; }
+
+    /**
+     * @brief Forgets the table at `offset` (after it was freed, or rewritten by other means).
+     *
+     * Does nothing when it is not cached. Its pins are dropped with it: do not
+     * invalidate a table someone still holds, since its slot can be reused at once.
+     */
+    void invalidate(std::uint64_t offset) noexcept {
+        if (slot_count_ == 0) return;
+        const std::size_t b = find_bucket(offset);
+        if (buckets_[b].slot == npos) return;
+        const index s = buckets_[b].slot;
+        erase_bucket(b);
+        if (slots_[s].pins == 0) unlink(s);
+        push_free(s);
+        --used_;
+    }
+
+    /// Forgets every table, pinned ones included. Keeps the memory and the statistics. O(capacity()).
+    void clear() noexcept {
+        if (slot_count_ == 0) return;
+        std::fill_n(buckets_, mask_ + 1, bucket{});
+        std::fill_n(slots_, slot_count_, slot_info{});
+        reset_free_list();
+    }
+
+    /**
+     * @brief Pins the table at `offset` if it is cached: it will not be evicted until unpinned.
+     * @return true when the table is cached (and now holds one more pin); false, doing
+     *         nothing, when it is not cached (or already holds 2^32 - 1 pins).
+     */
+    bool pin(std::uint64_t offset) noexcept {
+        const index s = lookup(offset);
+        if (s == npos || slots_[s].pins == std::numeric_limits<std::uint32_t>::max()) return false;
+        add_pin(s);
+        return true;
+    }
+
+    /// Drops one pin of the table at `offset`; the last one makes it the most recently used.
+    /// Does nothing when it is not cached or not pinned.
+    void unpin(std::uint64_t offset) noexcept {
+        const index s = lookup(offset);
+        if (s == npos || slots_[s].pins == 0) return;
+        if (--slots_[s].pins == 0) push_front(s);
+    }
+
+    /// True when the table at `offset` is cached and pinned.
+    bool is_pinned(std::uint64_t offset) const noexcept {
+        const index s = lookup(offset);
+        return s != npos && slots_[s].pins != 0;
+    }
+
+    /// How many tables the cache holds at most (0 only for an empty, default-constructed or moved-from cache).
+    std::size_t capacity() const noexcept { return slot_count_; }
+    /// Bytes per table.
+    std::size_t table_size() const noexcept { return table_size_; }
+    /// How many tables are cached now.
+    std::size_t size() const noexcept { return used_; }
+    /// Bytes allocated (tables plus index), all of it by `make`; constant for the cache's life.
+    std::size_t memory_bytes() const noexcept {
+        return slot_count_ == 0 ? 0 : slot_count_ * table_size_ + index_bytes(slot_count_, mask_ + 1);
+    }
+    /// Hits, misses and evictions so far.
+    stats statistics() const noexcept { return stats_; }
+    /// The allocator.
+    allocator_type get_allocator() const noexcept { return alloc_; }
+
+private:
+    using index = std::uint32_t;
+    static constexpr index npos = std::numeric_limits<index>::max();
+
+    /// One table slot: its key, its LRU (or free-list) links and its pins.
+    struct slot_info {
+        std::uint64_t offset = 0;
+        index prev = npos; // toward the most recently used
+        index next = npos; // toward the least recently used; the free list's link
+        std::uint32_t pins = 0;
+    };
+    /// One hash bucket: the key (kept here so a probe reads one cache line) and its slot, or npos.
+    struct bucket {
+        std::uint64_t offset = 0;
+        index slot = npos;
+    };
+    using slot_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<slot_info>;
+    using bucket_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<bucket>;
+
+    static_assert(std::is_same_v<typename std::allocator_traits<allocator_type>::pointer, std::byte*> &&
+                      std::is_same_v<typename std::allocator_traits<slot_alloc>::pointer, slot_info*> &&
+                      std::is_same_v<typename std::allocator_traits<bucket_alloc>::pointer, bucket*>,
+                  "basic_table_cache needs an allocator whose pointer type is a plain pointer");
+
+    static constexpr std::size_t index_bytes(std::size_t slots, std::size_t buckets) noexcept {
+        return slots * sizeof(slot_info) + buckets * sizeof(bucket);
+    }
+
+    template <class Loader>
+    result<std::span<std::byte>> lookup_or_load(std::uint64_t offset, Loader& load, bool pinned) {
+        if (slot_count_ != 0) {
+            const std::size_t b = find_bucket(offset);
+            if (const index s = buckets_[b].slot; s != npos) {
+                ++stats_.hits;
+                if (pinned) {
+                    if (slots_[s].pins == std::numeric_limits<std::uint32_t>::max())
+                        return error(errc::no_memory, "table cache: too many pins on one table");
+                    add_pin(s);
+                } else {
+                    touch(s);
+                }
+                return table(s);
+            }
+        }
+        if (free_ == npos && tail_ == npos)
+            return error(errc::no_memory, slot_count_ == 0 ? "table cache: the cache has no slots"
+                                                           : "table cache: every table is pinned");
+        ++stats_.misses;
+        index s = free_;
+        if (s != npos) {
+            free_ = slots_[s].next;
+        } else {
+            s = tail_;
+            unlink(s);
+            erase_bucket(find_bucket(slots_[s].offset));
+            --used_;
+            ++stats_.evictions;
+        }
+        // Until the load succeeds the slot belongs to no list: give it back on failure or exception.
+        // The loader cannot call back into the cache, so this empty bucket stays empty meanwhile.
+        const std::size_t b = find_bucket(offset);
+        struct give_back {
+            basic_table_cache* cache;
+            index slot_no;
+            ~give_back() {
+                if (cache) cache->push_free(slot_no);
+            }
+        } guard{this, s};
+        result<void> r = std::invoke(load, table(s));
+        if (!r) return std::move(r).error();
+        guard.cache = nullptr;
+        buckets_[b] = bucket{offset, s};
+        slots_[s] = slot_info{offset, npos, npos, 0};
+        ++used_;
+        if (pinned) slots_[s].pins = 1;
+        else push_front(s);
+        return table(s);
+    }
+
+    std::span<std::byte> table(index s) const noexcept {
+        return {tables_ + static_cast<std::size_t>(s) * table_size_, table_size_};
+    }
+
+    /// Home bucket: Fibonacci hashing (multiply, keep the high bits), good for aligned offsets.
+    std::size_t home(std::uint64_t offset) const noexcept {
+        return static_cast<std::size_t>((offset * 0x9E3779B97F4A7C15ull) >> shift_);
+    }
+
+    /// The bucket holding `offset`, or the empty bucket where it would go. Needs slot_count_ != 0.
+    std::size_t find_bucket(std::uint64_t offset) const noexcept {
+        std::size_t i = home(offset);
+        while (buckets_[i].slot != npos && buckets_[i].offset != offset) i = (i + 1) & mask_;
+        return i;
+    }
+
+    index lookup(std::uint64_t offset) const noexcept {
+        if (slot_count_ == 0) return npos;
+        return buckets_[find_bucket(offset)].slot;
+    }
+
+    /// Empties bucket `i`, shifting later members of its probe run back so every key stays reachable.
+    void erase_bucket(std::size_t i) noexcept {
+        std::size_t j = i;
+        for (;;) {
+            j = (j + 1) & mask_;
+            if (buckets_[j].slot == npos) break;
+            // The entry at j may move to the hole at i unless its home lies cyclically in (i, j].
+            const std::size_t k = home(buckets_[j].offset);
+            const bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+            if (!stays) {
+                buckets_[i] = buckets_[j];
+                i = j;
+            }
+        }
+        buckets_[i] = bucket{};
+    }
+
+    void unlink(index s) noexcept {
+        slot_info& e = slots_[s];
+        if (e.prev != npos) slots_[e.prev].next = e.next;
+        else head_ = e.next;
+        if (e.next != npos) slots_[e.next].prev = e.prev;
+        else tail_ = e.prev;
+        e.prev = e.next = npos;
+    }
+
+    void push_front(index s) noexcept {
+        slot_info& e = slots_[s];
+        e.prev = npos;
+        e.next = head_;
+        if (head_ != npos) slots_[head_].prev = s;
+        else tail_ = s;
+        head_ = s;
+    }
+
+    /// Makes an unpinned table the most recently used; pinned tables are outside the LRU list.
+    void touch(index s) noexcept {
+        if (slots_[s].pins != 0 || head_ == s) return;
+        unlink(s);
+        push_front(s);
+    }
+
+    void add_pin(index s) noexcept {
+        if (slots_[s].pins++ == 0) unlink(s);
+    }
+
+    /// Puts a slot that is on no list (and in no bucket) on the free list.
+    void push_free(index s) noexcept {
+        slots_[s] = slot_info{};
+        slots_[s].next = free_;
+        free_ = s;
+    }
+
+    /// Every slot free, in order; the LRU list empty.
+    void reset_free_list() noexcept {
+        for (index s = 0; s < slot_count_; ++s) slots_[s].next = s + 1 < slot_count_ ? s + 1 : npos;
+        free_ = slot_count_ != 0 ? 0 : npos;
+        head_ = tail_ = npos;
+        used_ = 0;
+    }
+
+    void release() noexcept {
+        if (tables_) std::allocator_traits<allocator_type>::deallocate(alloc_, tables_, slot_count_ * table_size_);
+        if (slots_) {
+            slot_alloc a(alloc_);
+            std::allocator_traits<slot_alloc>::deallocate(a, slots_, slot_count_);
+        }
+        if (buckets_) {
+            bucket_alloc a(alloc_);
+            std::allocator_traits<bucket_alloc>::deallocate(a, buckets_, mask_ + 1);
+        }
+        tables_ = nullptr;
+        slots_ = nullptr;
+        buckets_ = nullptr;
+        slot_count_ = 0;
+    }
+
+    /// Takes everything but the allocator from `o`, leaving it empty. `*this` holds no memory.
+    void steal(basic_table_cache& o) noexcept {
+        tables_ = std::exchange(o.tables_, nullptr);
+        slots_ = std::exchange(o.slots_, nullptr);
+        buckets_ = std::exchange(o.buckets_, nullptr);
+        table_size_ = std::exchange(o.table_size_, 0);
+        slot_count_ = std::exchange(o.slot_count_, 0);
+        used_ = std::exchange(o.used_, 0);
+        mask_ = std::exchange(o.mask_, 0);
+        shift_ = std::exchange(o.shift_, 63);
+        head_ = std::exchange(o.head_, npos);
+        tail_ = std::exchange(o.tail_, npos);
+        free_ = std::exchange(o.free_, npos);
+        stats_ = std::exchange(o.stats_, stats{});
+    }
+
+    [[no_unique_address]] allocator_type alloc_;
+    std::byte* tables_ = nullptr; // slot_count_ * table_size_ bytes
+    slot_info* slots_ = nullptr;  // slot_count_ records
+    bucket* buckets_ = nullptr;   // mask_ + 1 buckets (a power of two >= 2 * slot_count_)
+    std::size_t table_size_ = 0;
+    index slot_count_ = 0;
+    index used_ = 0;
+    std::size_t mask_ = 0;
+    int shift_ = 63;    // 64 - log2(bucket count)
+    index head_ = npos; // most recently used unpinned table
+    index tail_ = npos; // least recently used unpinned table: the next victim
+    index free_ = npos; // first free slot
+    stats stats_;
+};
+
+/// The table cache with the standard allocator.
+using table_cache = basic_table_cache<>;
+
+} // namespace qcow2
+// ---- end qcow2/metadata/table_cache.hpp ----
+
+// ---- begin qcow2/metadata/refcounts.hpp ----
+/// @file
+/// @brief `basic_refcount_reader`: the stored refcount of any host cluster of an image file.
+///
+/// The read side of refcount management: the refcount table is loaded once, refcount
+/// blocks are read on demand through a bounded `basic_table_cache`. The write side
+/// (increment, decrement, allocation) will extend this class; the cache is write-through,
+/// so a writer updates the file and then the cached block (see `invalidate_block`).
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <utility>
+#include <vector>
+
+namespace qcow2 {
+
+namespace detail {
+/// Reads `out.size()` bytes at `offset` of a file of `file_size` bytes; bytes past the end
+/// read as zeroes (as QEMU's block layer pads reads past the end of a file).
+template <io::readable_backend B>
+result<void> read_zero_padded(B& b, std::uint64_t file_size, std::uint64_t offset, std::span<std::byte> out,
+                              std::string_view what) {
+    const std::uint64_t avail = offset >= file_size ? 0 : std::min<std::uint64_t>(out.size(), file_size - offset);
+    if (avail)
+        if (auto r = io::read_exact(b, offset, out.first(static_cast<std::size_t>(avail)), what); !r) return r;
+    std::memset(out.data() + avail, 0, out.size() - static_cast<std::size_t>(avail));
+    return {};
+}
+} // namespace detail
+
+/**
+ * @brief Reads stored refcounts of the image file `Backend` (non-owning).
+ *
+ * The reader refers to the backend it was opened on: the backend must outlive it and stay
+ * at the same address. It also remembers the file size given at `open`.
+ *
+ * @par Memory
+ * The refcount table (at most 8 MiB, QEMU's limit, as 64-bit entries) and a table cache of
+ * `cache_bytes` (at least two refcount blocks of one cluster each, plus its index): all
+ * allocated by `open`, nothing afterwards.
+ * @par Thread safety
+ * None: one thread at a time (lookups update the cache).
+ */
+template <io::readable_backend Backend, class Allocator = std::allocator<std::byte>>
+class basic_refcount_reader {
+public:
+    using allocator_type = Allocator;
+
+    /**
+     * @brief Loads the refcount table described by `h` from `file`.
+     * @param file the image file (kept by address). @param h its decoded header.
+     * @param cache_bytes memory for cached refcount blocks.
+     * @par Errors
+     * `refcount_table_too_large` (over 8 MiB), `misaligned_offset` (table offset),
+     * `invalid_refcount_order`; I/O errors. A table that runs past the end of the file reads
+     * as zero entries there (as QEMU reads it).
+     * @par I/O
+     * One read of the table (at most 8 MiB).
+     */
+    static result<basic_refcount_reader> open(Backend& file, const header& h, std::size_t cache_bytes = std::size_t{256} << 10,
+                                              const Allocator& alloc = Allocator()) {
+        using detail::cat;
+        using detail::dec;
+        const std::uint64_t cs = h.cluster_size();
+        if (h.refcount_order > limits::max_refcount_order)
+            return error{errc::invalid_refcount_order, cat("refcount_order is ", dec(h.refcount_order))};
+        const std::uint64_t bytes = std::uint64_t{h.refcount_table_clusters} * cs;
+        if (bytes > limits::max_refcount_table_bytes)
+            return error{errc::refcount_table_too_large,
+                         cat("refcount table of ", dec(h.refcount_table_clusters), " clusters exceeds 8 MiB")};
+        if (!detail::is_aligned(h.refcount_table_offset, cs))
+            return error{errc::misaligned_offset,
+                         cat("refcount table offset ", detail::hex(h.refcount_table_offset), " is not cluster aligned")};
+        auto size = io::size_of(file);
+        if (!size) return size.error();
+        auto cache = basic_table_cache<Allocator>::make(cache_bytes, static_cast<std::size_t>(cs), alloc);
+        if (!cache) return cache.error();
+        basic_refcount_reader r(file, std::move(*cache), alloc);
+        r.file_size_ = *size;
+        r.cluster_bits_ = h.cluster_bits;
+        r.order_ = h.refcount_order;
+        r.table_offset_ = h.refcount_table_offset;
+        std::vector<std::byte, byte_alloc> raw(static_cast<std::size_t>(bytes), byte_alloc(alloc));
+        if (auto rr = detail::read_zero_padded(file, r.file_size_, h.refcount_table_offset, raw, "reading the refcount table");
+            !rr)
+            return rr.error();
+        r.table_.resize(static_cast<std::size_t>(bytes / 8));
+        for (std::size_t i = 0; i < r.table_.size(); ++i) r.table_[i] = detail::load_be64(raw, i * 8);
+        return r;
+    }
+
+    basic_refcount_reader(basic_refcount_reader&&) noexcept = default;
+    basic_refcount_reader& operator=(basic_refcount_reader&&) noexcept = default;
+
+    /// The refcount table entries as stored (reserved bits included).
+    std::span<const std::uint64_t> table() const noexcept { return {table_.data(), table_.size()}; }
+    /// The refcount_order (0..6).
+    unsigned refcount_order() const noexcept { return order_; }
+    /// The largest refcount an entry holds.
+    std::uint64_t max_refcount() const noexcept { return refcount_max(order_); }
+    /// Refcount entries per block (clusters one reftable entry covers).
+    std::uint64_t entries_per_block() const noexcept { return refcount_entries_per_block(cluster_bits_, order_); }
+    /// The file size given at `open` (what blocks are checked against).
+    std::uint64_t file_size() const noexcept { return file_size_; }
+    /// The cache's counters.
+    auto cache_statistics() const noexcept { return cache_.statistics(); }
+
+    /**
+     * @brief The refcount block for reftable entry `index`, or an empty span when the entry is
+     *        beyond the table or zero (every cluster it covers then has refcount 0).
+     *
+     * The span stays valid until the next `block` or `get` call.
+     * @par Errors
+     * `misaligned_offset` when the block offset is not cluster aligned, `short_read` when it
+     * starts at or past the end of the file; both name the reftable index and the offset.
+     * A block that ends past the end of the file reads as zeroes there. I/O errors.
+     * @par I/O
+     * At most one cluster read (through the cache).
+     */
+    result<std::span<const std::byte>> block(std::uint64_t index) {
+        using detail::cat;
+        using detail::dec;
+        using detail::hex;
+        if (index >= table_.size()) return std::span<const std::byte>{};
+        const std::uint64_t off = table_[static_cast<std::size_t>(index)] & reftable_bits::offset_mask;
+        if (off == 0) return std::span<const std::byte>{};
+        const std::uint64_t cs = std::uint64_t{1} << cluster_bits_;
+        if (!detail::is_aligned(off, cs))
+            return error{errc::misaligned_offset, cat("refcount block offset ", hex(off), " is not cluster aligned (reftable index ",
+                                                      dec(index), ")")};
+        if (off >= file_size_)
+            return error{errc::short_read, cat("refcount block at host offset ", hex(off), " (reftable index ", dec(index),
+                                               ") lies past the end of the file (", dec(file_size_), " bytes)")};
+        auto t = cache_.get(off, [&](std::span<std::byte> dst) {
+            return detail::read_zero_padded(*file_, file_size_, off, dst, cat("reading the refcount block of reftable index ", dec(index)));
+        });
+        if (!t) return t.error();
+        return std::span<const std::byte>(*t);
+    }
+
+    /**
+     * @brief The stored refcount of host cluster `cluster_index` (host offset >> cluster_bits).
+     *
+     * Clusters beyond the table, or under a zero reftable entry, have refcount 0.
+     * @par Errors
+     * Those of `block`.
+     */
+    result<std::uint64_t> get(std::uint64_t cluster_index) {
+        const unsigned bits = cluster_bits_ + 3 - order_;
+        auto b = block(cluster_index >> bits);
+        if (!b) return b.error();
+        if (b->empty()) return std::uint64_t{0};
+        return get_refcount(*b, cluster_index & ((std::uint64_t{1} << bits) - 1), order_);
+    }
+
+    /// Forgets the cached copy of the refcount block at host `offset` (after it was rewritten elsewhere).
+    void invalidate_block(std::uint64_t offset) noexcept { cache_.invalidate(offset); }
+
+private:
+    using byte_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<std::byte>;
+    using u64_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<std::uint64_t>;
+
+    basic_refcount_reader(Backend& file, basic_table_cache<Allocator> cache, const Allocator& alloc)
+        : file_(&file), cache_(std::move(cache)), table_(u64_alloc(alloc)) {}
+
+    Backend* file_;
+    basic_table_cache<Allocator> cache_;
+    std::vector<std::uint64_t, u64_alloc> table_;
+    std::uint64_t file_size_ = 0;
+    std::uint64_t table_offset_ = 0;
+    unsigned cluster_bits_ = 16;
+    unsigned order_ = 4;
+};
+
+/// Opens a refcount reader over an image's file (`img.backend()`, `img.header()`).
+template <class Image>
+auto open_refcount_reader(Image& img, std::size_t cache_bytes = std::size_t{256} << 10) {
+    return basic_refcount_reader<typename Image::backend_type>::open(img.backend(), img.header(), cache_bytes);
+}
+
+} // namespace qcow2
+// ---- end qcow2/metadata/refcounts.hpp ----
+
 // image
+// ---- begin qcow2/backing.hpp ----
+/// @file
+/// @brief How an image reaches other files (backing files, external data files): resolvers.
+///
+/// The library never opens a file by itself. When an image names a backing file or an
+/// external data file, it asks the resolver the caller supplied. The default,
+/// `deny_files`, refuses everything; `posix_resolver` opens local files relative to the
+/// directory of the image that names them, the way qemu-img does, with limits on what a
+/// name may reach.
+
+#include <climits>
+#include <cstddef>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace qcow2 {
+
+/// Which kind of file an image asks for.
+enum class file_role { backing, data_file };
+
+/// What an image asks a resolver to open.
+struct file_request {
+    std::string_view name;   ///< the name as stored in the image (or given in open_options)
+    file_role role;          ///< backing file or external data file
+    std::size_t depth;       ///< depth of the image that names the file (0 = the image opened first)
+    bool writable;           ///< whether write access is needed
+};
+
+/// A resolver for backend `B`: `operator()(const file_request&)` returns `result<B>` (or an `error`).
+template <class R, class B>
+concept file_resolver = requires(R& r, const file_request& q) {
+    { r(q) } -> std::convertible_to<result<B>>;
+};
+
+/// The default resolver: refuses every file (an image with a backing file then fails to open
+/// unless it is opened metadata-only).
+struct deny_files {
+    error operator()(const file_request& q) const {
+        return error{errc::backing_file_refused,
+                     detail::cat(q.role == file_role::backing ? "backing file '" : "data file '", q.name,
+                                 "' refused: no resolver was given to open other files")};
+    }
+};
+
+/// True for names QEMU would read as a protocol or a JSON description ("json:{...}", "nbd:...",
+/// "http://..."): a colon before any slash.
+constexpr bool is_protocol_name(std::string_view name) noexcept {
+    const auto p = name.find_first_of(":/\\");
+    return p != std::string_view::npos && name[p] == ':';
+}
+
+/**
+ * @brief Opens local files named by images, relative to the directory of the image naming them.
+ *
+ * Refuses protocol and `json:` names always; absolute names and names that leave the
+ * directory of the first image (through `..` or symbolic links) unless allowed; a file that
+ * is already part of the chain (a loop). Construct it with the path of the image you open.
+ */
+/// What a `posix_resolver` lets names reach beyond the image's own directory.
+struct posix_resolver_options {
+    bool allow_absolute = false; ///< accept absolute names (qemu-img does)
+    bool allow_outside = false;  ///< accept names that resolve outside the first image's directory
+};
+
+class posix_resolver {
+public:
+    using options = posix_resolver_options;
+
+    explicit posix_resolver(std::string top_path, options o = {}) : opts_(o) { paths_.push_back(std::move(top_path)); }
+
+    result<io::posix_file> operator()(const file_request& q) {
+        auto refuse = [&](std::string_view why) {
+            return error{errc::backing_file_refused,
+                         detail::cat(q.role == file_role::backing ? "backing file '" : "data file '", q.name, "' refused: ", why)};
+        };
+        if (q.name.empty()) return refuse("empty name");
+        if (is_protocol_name(q.name)) return refuse("protocol and json: names are not opened");
+        if (q.name.front() == '/' && !opts_.allow_absolute) return refuse("absolute names are not allowed");
+        if (q.depth >= paths_.size()) return refuse("internal: unknown referring image");
+        const std::string& referrer = paths_[q.depth];
+        std::string path(q.name);
+        if (path.front() != '/') {
+            const auto slash = referrer.rfind('/');
+            if (slash != std::string::npos) path = referrer.substr(0, slash + 1) + path;
+        }
+        const std::string real = canonical(path);
+        if (real.empty()) {
+            auto f = io::posix_file::open(path, io::open_mode::read_only); // for the system's error
+            if (!f) return f.error();
+            return refuse("its path cannot be resolved");
+        }
+        if (!opts_.allow_outside) {
+            const std::string top_dir = directory_of(canonical(paths_.front()));
+            if (real.compare(0, top_dir.size(), top_dir) != 0) return refuse("it lies outside the image's directory");
+        }
+        if (q.role == file_role::backing) {
+            for (std::size_t d = 0; d <= q.depth && d < paths_.size(); ++d)
+                if (canonical(paths_[d]) == real) return refuse("the backing chain loops back to it");
+            paths_.resize(q.depth + 1);
+            paths_.push_back(path);
+        }
+        return io::posix_file::open(path, q.writable ? io::open_mode::read_write : io::open_mode::read_only);
+    }
+
+private:
+    static std::string canonical(const std::string& p) {
+        char buf[PATH_MAX];
+        if (!::realpath(p.c_str(), buf)) return {};
+        return buf;
+    }
+    static std::string directory_of(const std::string& p) {
+        const auto slash = p.rfind('/');
+        return slash == std::string::npos ? std::string() : p.substr(0, slash + 1);
+    }
+
+    options opts_;
+    std::vector<std::string> paths_; // paths_[d]: the image at depth d
+};
+
+} // namespace qcow2
+// ---- end qcow2/backing.hpp ----
+
 // ---- begin qcow2/image.hpp ----
 /// @file
 /// @brief `basic_image`: a qcow2 image over any backend, parameterised by the features it maintains.
@@ -2577,7 +4735,11 @@ constexpr std::vector<std::byte> encode_bitmap_directory(std::span<const bitmap_
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -2594,7 +4756,29 @@ using maintained_features = feature_set<features::dirty, features::corrupt, feat
 struct open_options {
     /// Open for writing. A read-write open may rewrite the header at once (autoclear bits).
     bool writable = false;
+    /// Read only the metadata of this image: do not open backing or data files (guest
+    /// reads then fail with `errc::not_supported`). What `info` needs.
+    bool metadata_only = false;
+    /// Memory for cached L2 tables, per image of the chain, in bytes (at least two tables are kept).
+    std::size_t cache_bytes = std::size_t{1} << 20;
+    /// Deepest backing chain accepted (the image itself is depth 0).
+    std::size_t max_chain_depth = 128;
+    /// External data file name, overriding the one recorded in the image (QEMU's data-file option).
+    std::optional<std::string> data_file;
 };
+
+/// One run of a guest range in one layer of the chain, as `basic_image::map_range` reports it.
+struct mapping {
+    std::uint64_t guest_offset = 0;
+    std::uint64_t length = 0;
+    cluster_state state = cluster_state::unallocated; ///< never `invalid` (that is an error)
+    bool has_host = false;        ///< a host range backs it (data, preallocated zero, reserved subclusters)
+    std::uint64_t host_offset = 0; ///< host offset of `guest_offset` when `has_host`; compressed: the descriptor's byte offset
+    std::uint64_t compressed_size = 0; ///< compressed: bytes to read at `host_offset`
+};
+
+// The image holds codec state whose layout depends on QCOW2_HAS_*: keep it in the ABI namespace.
+inline namespace QCOW2_ABI_NAMESPACE {
 
 /**
  * @brief A qcow2 image stored in a backend of type `Backend`.
@@ -2602,28 +4786,35 @@ struct open_options {
  * @tparam Features the `feature_set` this image type maintains: incompatible bits outside
  *         it refuse the open, autoclear bits outside it are cleared on read-write open.
  */
-template <io::backend Backend, class Features = maintained_features>
+template <io::backend Backend, class Features = maintained_features, class Allocator = std::allocator<std::byte>>
 class basic_image {
 public:
     using backend_type = Backend;
     using features_type = Features;
+    using allocator_type = Allocator;
 
     /**
-     * @brief Opens the image in `file`.
+     * @brief Opens the image in `file`, and through `resolve` its backing chain and data file.
+     * @param resolve a `file_resolver` for `Backend`; the default refuses every other file, so
+     *        an image with a backing or data file opens only with `metadata_only`.
      * @par Errors
      * Everything `decode_header` reports; `unknown_incompatible_feature` naming the bits (from
      * the image's feature name table when present); `image_corrupt` for a read-write open of
      * an image with the corrupt bit; `not_supported` for a read-write open of an image with the
-     * dirty bit (refcount repair is not built yet); `invalid_snapshot_table`,
-     * `invalid_bitmap_directory`; I/O errors from the backend.
+     * dirty bit (refcount repair is not built yet); `short_read` when the L1 table lies past the
+     * end of the file; `invalid_snapshot_table`, `invalid_bitmap_directory`;
+     * `backing_file_refused` and the resolver's errors, prefixed with the chain position;
+     * `invalid_argument` when the chain is deeper than `max_chain_depth`; I/O errors.
      * @par I/O
-     * Reads cluster 0 (at most 2 MiB), the snapshot table and the bitmap directory; a
-     * read-write open that must clear autoclear bits writes cluster 0 and flushes.
+     * Reads cluster 0 (at most 2 MiB), the L1 table (at most 32 MiB), the snapshot table and the
+     * bitmap directory, then opens each backing image the same way; a read-write open that must
+     * clear autoclear bits writes cluster 0 and flushes.
      */
-    static result<basic_image> open(Backend file, open_options opts = {}) {
-        basic_image img(std::move(file), opts.writable);
-        if (auto r = img.load(); !r) return r.error();
-        return img;
+    template <class Resolver = deny_files>
+        requires file_resolver<std::remove_cvref_t<Resolver>, Backend>
+    static result<basic_image> open(Backend file, const open_options& opts = {}, Resolver&& resolve = {},
+                                    const Allocator& alloc = Allocator()) {
+        return open_layer(std::move(file), opts, resolve, alloc, 0);
     }
 
     basic_image(basic_image&&) noexcept = default;
@@ -2654,15 +4845,312 @@ public:
         return trusted_bit<F>(bits, names_);
     }
 
+    /// The backing image when it is a qcow2 image, else nullptr.
+    const basic_image* backing_image() const noexcept { return backing_qcow2_.get(); }
+    basic_image* backing_image() noexcept { return backing_qcow2_.get(); }
+    /// The backing file when it is raw, else nullptr.
+    const Backend* backing_raw() const noexcept { return backing_raw_ ? &*backing_raw_ : nullptr; }
+    /// True when the image has a backing file (opened unless `metadata_only`).
+    bool has_backing() const noexcept { return header_.backing_file_offset != 0; }
+    /// Virtual size of the backing image (0 without one).
+    std::uint64_t backing_size() const noexcept { return backing_size_; }
+    /// The external data file, when the image has one and it was opened.
+    const Backend* data_file() const noexcept { return data_file_ ? &*data_file_ : nullptr; }
+    /// The backend holding guest data clusters: the data file, or the image file itself.
+    const Backend& data_backend() const noexcept { return data_file_ ? *data_file_ : file_; }
+    /// The L2 cache's counters.
+    auto cache_statistics() const noexcept { return l2_cache_->statistics(); }
+
+    /**
+     * @brief The first run of equal state at guest `offset`, in this layer only (no backing).
+     *
+     * The run ends at `offset + max_length`, at the virtual size, at the end of the L2 table,
+     * or where the state (or host contiguity) changes; an unallocated L1 entry answers for its
+     * whole range at once. A compressed run is always one cluster.
+     * @par Errors
+     * `invalid_argument` for an offset at or past the virtual size; `misaligned_offset`,
+     * `short_read` (an L2 table past the end of the file), `image_corrupt` (an entry the
+     * format forbids), naming the L1/L2 index and host offset.
+     * @par I/O
+     * At most one L2 table read (through the cache).
+     */
+    result<mapping> map_range(std::uint64_t offset, std::uint64_t max_length) {
+        using detail::cat;
+        using detail::dec;
+        using detail::hex;
+        if (offset >= header_.size || max_length == 0)
+            return error{errc::invalid_argument, cat("map at guest offset ", dec(offset), " outside the virtual size ",
+                                                     dec(header_.size))};
+        const std::uint64_t end = offset + std::min(max_length, header_.size - offset);
+        const std::uint64_t coverage = header_.l1_entry_coverage();
+        const std::uint64_t l1_index = offset / coverage;
+        const std::uint64_t table_end = std::min(end, (l1_index + 1) * coverage);
+        mapping m;
+        m.guest_offset = offset;
+        const std::uint64_t l1e = l1_index < l1_.size() ? l1_[l1_index] : 0;
+        const std::uint64_t l2_offset = l1e & l2_bits::l1_offset_mask;
+        if (l2_offset == 0) {
+            m.length = table_end - offset;
+            return m;
+        }
+        auto table = l2_table(l2_offset, l1_index);
+        if (!table) return table.error();
+        const std::span<const std::byte> t = *table;
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t sc_size = geometry_.subcluster_size();
+        const unsigned eb = geometry_.entry_bytes();
+        std::uint64_t pos = offset;
+        bool first = true;
+        while (pos < table_end) {
+            const std::uint64_t l2_index = (pos >> cb) & (geometry_.entries_per_table() - 1);
+            const std::uint64_t entry = detail::load_be64(t, l2_index * eb);
+            const std::uint64_t bitmap = geometry_.extended ? detail::load_be64(t, l2_index * eb + 8) : 0;
+            const unsigned sc = geometry_.extended ? static_cast<unsigned>((pos & (header_.cluster_size() - 1)) / sc_size) : 0;
+            const subcluster s = classify(geometry_, entry, bitmap, sc);
+            if (s.state == cluster_state::invalid)
+                return error{errc::image_corrupt, cat("L2 entry ", hex(entry), " at L2 index ", dec(l2_index), " of the table at ",
+                                                      hex(l2_offset), " (L1 index ", dec(l1_index), ", guest offset ", dec(pos),
+                                                      "): ", s.why)};
+            const std::uint64_t unit_start = pos & ~(sc_size - 1);
+            const std::uint64_t unit_end = std::min(unit_start + sc_size, table_end);
+            const std::uint64_t host = s.has_host ? s.host + (pos - unit_start) : 0;
+            if (first) {
+                m.state = s.state;
+                m.has_host = s.has_host;
+                m.host_offset = host;
+                if (s.state == cluster_state::compressed) {
+                    const auto c = decode_compressed(entry, cb);
+                    m.host_offset = c.offset;
+                    m.compressed_size = c.size;
+                    m.length = std::min(table_end, (pos | (header_.cluster_size() - 1)) + 1) - offset;
+                    return m;
+                }
+                first = false;
+            } else if (s.state != m.state || s.has_host != m.has_host ||
+                       (s.has_host && host != m.host_offset + (pos - offset))) {
+                break;
+            }
+            pos = unit_end;
+        }
+        m.length = pos - offset;
+        return m;
+    }
+
+    /**
+     * @brief Reads guest bytes `[offset, offset + out.size())` through the backing chain.
+     * @par Errors
+     * `invalid_argument` past the virtual size; `unsupported_encryption` for an encrypted image;
+     * `not_supported` for an image opened
+     * metadata-only that needs its backing or data file; everything `map_range` reports;
+     * `unsupported_compression`, `invalid_compressed_data`; I/O errors.
+     * @par I/O
+     * One backend read per run of contiguous host data; one read and one decompression per
+     * compressed cluster (the last one is kept); zero and unallocated runs read nothing here.
+     */
+    result<void> read(std::uint64_t offset, std::span<std::byte> out) {
+        if (out.empty()) return {};
+        if (header_.crypt_method != 0)
+            return error{errc::unsupported_encryption,
+                         detail::cat("guest data of encrypted images (crypt_method ", detail::dec(header_.crypt_method),
+                                     ") cannot be read: decryption is not built")};
+        if (offset > header_.size || out.size() > header_.size - offset)
+            return error{errc::invalid_argument, detail::cat("read of ", detail::dec(out.size()), " bytes at guest offset ",
+                                                             detail::dec(offset), " past the virtual size ",
+                                                             detail::dec(header_.size))};
+        std::uint64_t pos = offset;
+        while (pos < offset + out.size()) {
+            auto m = map_range(pos, offset + out.size() - pos);
+            if (!m) return m.error();
+            auto dst = out.subspan(static_cast<std::size_t>(pos - offset), static_cast<std::size_t>(m->length));
+            switch (m->state) {
+            case cluster_state::data:
+                if (auto r = read_host(m->host_offset, dst); !r) return r;
+                break;
+            case cluster_state::zero: std::memset(dst.data(), 0, dst.size()); break;
+            case cluster_state::unallocated:
+                if (auto r = read_backing(pos, dst); !r) return r;
+                break;
+            case cluster_state::compressed:
+                if (auto r = read_compressed(*m, pos, dst); !r) return r;
+                break;
+            case cluster_state::invalid: break; // map_range never returns it
+            }
+            pos += m->length;
+        }
+        return {};
+    }
+
     /// Makes every completed write durable.
     result<void> flush() { return check_io(file_.flush(), "flushing the image file"); }
 
 private:
-    basic_image(Backend file, bool writable) : file_(std::move(file)), writable_(writable) {}
+    basic_image(Backend file, bool writable, const Allocator& alloc)
+        : file_(std::move(file)), writable_(writable), alloc_(alloc), l1_(u64_alloc(alloc)) {}
+
+    using u64_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<std::uint64_t>;
+    using byte_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<std::byte>;
+
+    template <class Resolver>
+    static result<basic_image> open_layer(Backend file, const open_options& opts, Resolver& resolve, const Allocator& alloc,
+                                          std::size_t depth) {
+        basic_image img(std::move(file), opts.writable && depth == 0, alloc);
+        if (auto r = img.load(); !r) return r.error();
+        if (auto r = img.load_l1(opts); !r) return r.error();
+        if (!opts.metadata_only)
+            if (auto r = img.open_files(opts, resolve, depth); !r) return r.error();
+        return img;
+    }
+
+    result<void> load_l1(const open_options& opts) {
+        geometry_ = {header_.cluster_bits, header_.extended_l2(),
+                     (header_.incompatible_features & features::external_data_file::mask) != 0, header_.version == 2};
+        auto cache = basic_table_cache<Allocator>::make(opts.cache_bytes, static_cast<std::size_t>(cluster_size()), alloc_);
+        if (!cache) return cache.error();
+        l2_cache_ = std::make_unique<basic_table_cache<Allocator>>(std::move(*cache));
+        decompressor_.emplace(header_.compression_kind());
+        if (header_.l1_size == 0) return {};
+        if (header_.l1_table_offset > file_size_ || std::uint64_t{header_.l1_size} * 8 > file_size_ - header_.l1_table_offset)
+            return error{errc::short_read, detail::cat("L1 table of ", detail::dec(header_.l1_size), " entries at host offset ",
+                                                       detail::hex(header_.l1_table_offset), " lies past the end of the file (",
+                                                       detail::dec(file_size_), " bytes)")};
+        std::vector<std::byte, byte_alloc> raw(static_cast<std::size_t>(header_.l1_size) * 8, byte_alloc(alloc_));
+        if (auto r = io::read_exact(file_, header_.l1_table_offset, raw, "reading the L1 table"); !r) return r;
+        l1_.resize(header_.l1_size);
+        for (std::size_t i = 0; i < l1_.size(); ++i) l1_[i] = detail::load_be64(raw, i * 8);
+        return {};
+    }
+
+    template <class Resolver>
+    result<void> open_files(const open_options& opts, Resolver& resolve, std::size_t depth) {
+        using detail::cat;
+        if (geometry_.external_data) {
+            std::optional<std::string> name = depth == 0 && opts.data_file ? opts.data_file : header_.data_file();
+            if (!name)
+                return error{errc::invalid_extension,
+                             "the image has an external data file but records no name; give one in open_options::data_file"};
+            result<Backend> f = resolve(file_request{*name, file_role::data_file, depth, writable_});
+            if (!f) return error(f.error().code(), cat("opening the data file '", *name, "': ", f.error().message()));
+            data_file_.emplace(std::move(*f));
+            if (auto n = io::size_of(*data_file_); n) data_file_size_ = *n;
+            else return n.error();
+        }
+        if (!has_backing()) return {};
+        if (depth + 1 >= opts.max_chain_depth)
+            return error{errc::invalid_argument, cat("backing chain deeper than ", detail::dec(opts.max_chain_depth),
+                                                     " images (at '", header_.backing_file, "')")};
+        result<Backend> f = resolve(file_request{header_.backing_file, file_role::backing, depth, false});
+        if (!f) return error(f.error().code(), cat("opening the backing file '", header_.backing_file, "': ", f.error().message()));
+        std::string format = header_.backing_format().value_or("");
+        if (format.empty()) { // QEMU probes; of the formats read here, only qcow2 has a signature
+            std::byte magic[4]{};
+            std::uint64_t n = 0;
+            format = !f->size(n) && n >= 4 && !f->read_at(0, magic) && detail::load_be32(magic, 0) == header_magic ? "qcow2" : "raw";
+        }
+        if (format == "raw") {
+            auto n = io::size_of(*f);
+            if (!n) return n.error();
+            // QEMU sees a raw file as whole 512-byte sectors; the tail past the file reads as zeroes.
+            backing_raw_size_ = *n;
+            backing_size_ = (*n + 511) & ~std::uint64_t{511};
+            backing_raw_.emplace(std::move(*f));
+            return {};
+        }
+        if (format != "qcow2")
+            return error{errc::not_supported, cat("backing file '", header_.backing_file, "' has format '", format,
+                                                  "'; only qcow2 and raw are read")};
+        open_options sub = opts;
+        sub.writable = false;
+        auto b = open_layer(std::move(*f), sub, resolve, alloc_, depth + 1);
+        if (!b) return error(b.error().code(), cat("in backing file '", header_.backing_file, "': ", b.error().message()));
+        backing_size_ = b->size();
+        backing_qcow2_ = std::make_unique<basic_image>(std::move(*b));
+        return {};
+    }
+
+    /// The L2 table at `l2_offset`, through the cache, checked against the file.
+    result<std::span<std::byte>> l2_table(std::uint64_t l2_offset, std::uint64_t l1_index) {
+        using detail::cat;
+        using detail::dec;
+        using detail::hex;
+        if (!detail::is_aligned(l2_offset, cluster_size()))
+            return error{errc::misaligned_offset, cat("L2 table offset ", hex(l2_offset), " is not cluster aligned (L1 index ",
+                                                      dec(l1_index), ")")};
+        if (l2_offset > file_size_ || cluster_size() > file_size_ - l2_offset)
+            return error{errc::short_read, cat("L2 table at host offset ", hex(l2_offset), " (L1 index ", dec(l1_index),
+                                               ") lies past the end of the file (", dec(file_size_), " bytes)")};
+        return l2_cache_->get(l2_offset, [&](std::span<std::byte> dst) {
+            return io::read_exact(file_, l2_offset, dst, cat("reading the L2 table of L1 index ", dec(l1_index)));
+        });
+    }
+
+    /// Reads host data of guest clusters; bytes past the end of the file read as zeroes
+    /// (the last cluster of a file may be partly written, as QEMU's own reads allow).
+    result<void> read_host(std::uint64_t host, std::span<std::byte> dst) {
+        Backend& f = data_file_ ? *data_file_ : file_;
+        const std::uint64_t size = data_file_ ? data_file_size_ : file_size_;
+        const std::uint64_t avail = host >= size ? 0 : std::min<std::uint64_t>(dst.size(), size - host);
+        if (avail) {
+            auto r = io::read_exact(f, host, dst.first(static_cast<std::size_t>(avail)), "reading guest data");
+            if (!r) return r;
+        }
+        std::memset(dst.data() + avail, 0, dst.size() - static_cast<std::size_t>(avail));
+        return {};
+    }
+
+    result<void> read_backing(std::uint64_t guest, std::span<std::byte> dst) {
+        if (!has_backing()) {
+            std::memset(dst.data(), 0, dst.size());
+            return {};
+        }
+        if (!backing_qcow2_ && !backing_raw_)
+            return error{errc::not_supported, "reading unallocated clusters of an image opened metadata-only"};
+        // Beyond the backing image's end the guest reads zeroes.
+        const std::uint64_t avail = guest >= backing_size_ ? 0 : std::min<std::uint64_t>(dst.size(), backing_size_ - guest);
+        if (avail) {
+            auto part = dst.first(static_cast<std::size_t>(avail));
+            if (backing_qcow2_) {
+                if (auto r = backing_qcow2_->read(guest, part); !r) return r;
+            } else {
+                const std::uint64_t in_file = guest >= backing_raw_size_ ? 0 : std::min<std::uint64_t>(avail, backing_raw_size_ - guest);
+                if (in_file)
+                    if (auto r = io::read_exact(*backing_raw_, guest, part.first(static_cast<std::size_t>(in_file)),
+                                                "reading the raw backing file");
+                        !r)
+                        return r;
+                std::memset(part.data() + in_file, 0, part.size() - static_cast<std::size_t>(in_file));
+            }
+        }
+        std::memset(dst.data() + avail, 0, dst.size() - static_cast<std::size_t>(avail));
+        return {};
+    }
+
+    result<void> read_compressed(const mapping& m, std::uint64_t guest, std::span<std::byte> dst) {
+        const std::uint64_t cs = cluster_size();
+        if (compressed_host_ != m.host_offset || cluster_buf_.empty()) {
+            if (m.host_offset >= file_size_)
+                return error{errc::short_read, detail::cat("compressed cluster at host offset ", detail::hex(m.host_offset),
+                                                           " for guest offset ", detail::dec(guest),
+                                                           " lies past the end of the file (", detail::dec(file_size_), " bytes)")};
+            cluster_buf_.resize(static_cast<std::size_t>(cs));
+            // The descriptor may overstate by up to 511 bytes and run past the end of the file:
+            // read what exists (the codec stops once one cluster is produced).
+            const std::uint64_t n = std::min(m.compressed_size, file_size_ - m.host_offset);
+            compressed_buf_.resize(static_cast<std::size_t>(n));
+            if (auto r = io::read_exact(file_, m.host_offset, compressed_buf_, "reading a compressed cluster"); !r) return r;
+            compressed_host_ = ~std::uint64_t{0};
+            if (auto r = decompressor_->decompress(compressed_buf_, cluster_buf_); !r)
+                return error(r.error().code(), detail::cat("compressed cluster at host offset ", detail::hex(m.host_offset),
+                                                           " for guest offset ", detail::dec(guest), ": ", r.error().message()));
+            compressed_host_ = m.host_offset;
+        }
+        std::memcpy(dst.data(), cluster_buf_.data() + (guest & (cs - 1)), dst.size());
+        return {};
+    }
 
     result<void> load() {
         auto file_size = io::size_of(file_);
         if (!file_size) return file_size.error();
+        file_size_ = *file_size;
         // Learn the cluster size from the fixed fields, then decode all of cluster 0.
         std::vector<std::byte> buf(static_cast<std::size_t>(std::min<std::uint64_t>(*file_size, header_probe_size)));
         if (auto r = io::read_exact(file_, 0, buf, "reading the header"); !r) return r;
@@ -2771,11 +5259,28 @@ private:
 
     Backend file_;
     bool writable_ = false;
+    [[no_unique_address]] Allocator alloc_;
+    std::uint64_t file_size_ = 0;
+    l2_geometry geometry_;
+    std::vector<std::uint64_t, u64_alloc> l1_;
+    std::unique_ptr<basic_table_cache<Allocator>> l2_cache_;
+    std::optional<codec::cluster_decompressor> decompressor_;
+    std::vector<std::byte, byte_alloc> compressed_buf_{byte_alloc(alloc_)};
+    std::vector<std::byte, byte_alloc> cluster_buf_{byte_alloc(alloc_)};
+    std::uint64_t compressed_host_ = ~std::uint64_t{0};
+    std::optional<Backend> data_file_;
+    std::uint64_t data_file_size_ = 0;
+    std::unique_ptr<basic_image> backing_qcow2_;
+    std::optional<Backend> backing_raw_;
+    std::uint64_t backing_raw_size_ = 0;
+    std::uint64_t backing_size_ = 0;
     qcow2::header header_;
     std::vector<feature_name_entry> names_;
     std::vector<snapshot_entry> snapshots_;
     std::vector<bitmap_entry> bitmaps_;
 };
+
+} // inline namespace QCOW2_ABI_NAMESPACE
 
 } // namespace qcow2
 // ---- end qcow2/image.hpp ----
@@ -2861,6 +5366,672 @@ image_info describe(const Image& img) {
 
 } // namespace qcow2
 // ---- end qcow2/ops/info.hpp ----
+
+// ---- begin qcow2/ops/map.hpp ----
+/// @file
+/// @brief `map_extents`: where each guest range of a backing chain comes from, as `qemu-img map` reports it.
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace qcow2 {
+
+/// One run of the guest disk, with the keys of `qemu-img map --output=json`.
+struct map_extent {
+    std::uint64_t start = 0;
+    std::uint64_t length = 0;
+    unsigned depth = 0;   ///< the layer that answers (0 = top); for ranges no layer has, the deepest one asked
+    bool present = false; ///< some layer provides the range (false: a deeper backing file could change it)
+    bool zero = false;    ///< reads as zeroes
+    bool data = false;    ///< reads data from a file
+    bool compressed = false;
+    std::optional<std::uint64_t> offset; ///< host offset in the layer's file, when there is one
+
+    /// True when `next` directly follows and can be merged into this extent (qemu-img's rule).
+    constexpr bool mergeable(const map_extent& next) const noexcept {
+        return next.start == start + length && depth == next.depth && present == next.present && zero == next.zero &&
+               data == next.data && compressed == next.compressed && offset.has_value() == next.offset.has_value() &&
+               (!offset || *offset + length == *next.offset);
+    }
+};
+
+namespace detail {
+
+/// Block status of `[offset, offset + length)` of `b`: `data` false for a hole (and past the end of the file).
+template <class Backend>
+result<io::extent_status> host_status(const Backend& b, std::uint64_t offset, std::uint64_t length) {
+    if constexpr (io::supports_block_status<Backend>) {
+        auto size = io::size_of(b);
+        if (!size) return size.error();
+        if (offset >= *size) return io::extent_status{false, length};
+        io::extent_status st;
+        if (auto ec = b.block_status(offset, std::min(length, *size - offset), st))
+            return error(ec, cat("querying holes at host offset ", hex(offset)));
+        st.length = std::min(st.length, length);
+        return st;
+    } else {
+        return io::extent_status{true, length};
+    }
+}
+
+/**
+ * True when an image looks preallocated with `preallocation=metadata`: QEMU's test
+ * (`qcow2_detect_metadata_preallocation`) that decides whether block status looks through
+ * data clusters for holes in the file. At least max(n * 10 / 9, n + 2) clusters have a
+ * non-zero refcount, where n is the number of clusters the file really occupies.
+ * Reads the refcount table and blocks until the threshold is reached (bounded by the file).
+ */
+template <class Image>
+result<bool> looks_metadata_preallocated(Image& img) {
+    using B = typename Image::backend_type;
+    if constexpr (!io::supports_allocated_size<B>) {
+        return false;
+    } else {
+        const auto& h = img.header();
+        const std::uint64_t cs = h.cluster_size();
+        auto length = io::size_of(img.backend());
+        if (!length) return length.error();
+        std::uint64_t allocated = 0;
+        if (img.backend().allocated_size(allocated)) return false;
+        const std::uint64_t real = allocated / cs;
+        const std::uint64_t threshold = std::max(real * 10 / 9, real + 2);
+        const std::uint64_t end_cluster = div_round_up(*length, cs);
+        auto reader = basic_refcount_reader<B>::open(img.backend(), h, std::size_t{2} * static_cast<std::size_t>(cs));
+        if (!reader) return reader.error();
+        const std::uint64_t per_block = reader->entries_per_block();
+        const std::uint64_t blocks = std::min<std::uint64_t>(div_round_up(end_cluster, per_block), reader->table().size());
+        std::uint64_t count = 0;
+        for (std::uint64_t t = 0; t < blocks && count < threshold; ++t) {
+            auto block = reader->block(t);
+            if (!block) return block.error();
+            if (block->empty()) continue;
+            const std::uint64_t n = std::min(per_block, end_cluster - t * per_block);
+            for (std::uint64_t k = 0; k < n && count < threshold; ++k)
+                count += get_refcount(*block, k, h.refcount_order) != 0;
+        }
+        return count >= threshold;
+    }
+}
+
+/// Per-layer answers of `looks_metadata_preallocated`, asked once per layer.
+template <class Image>
+struct prealloc_memo {
+    std::vector<std::pair<const Image*, bool>> known;
+    result<bool> get(Image& img) {
+        for (const auto& [p, v] : known)
+            if (p == &img) return v;
+        auto v = looks_metadata_preallocated(img);
+        if (!v) return v;
+        known.emplace_back(&img, *v);
+        return v;
+    }
+};
+
+/// The unmerged extent at `pos` (at most `len` bytes), descending the chain.
+template <class Image>
+result<map_extent> resolve_extent(Image& top, std::uint64_t pos, std::uint64_t len, prealloc_memo<Image>& memo) {
+    Image* layer = &top;
+    unsigned depth = 0;
+    for (;;) {
+        auto m = layer->map_range(pos, len);
+        if (!m) return m.error();
+        map_extent e;
+        e.start = pos;
+        e.length = m->length;
+        e.depth = depth;
+        switch (m->state) {
+        case cluster_state::data: {
+            e.present = e.data = true;
+            e.offset = m->host_offset;
+            // Like QEMU, look for holes under data clusters only in images that look preallocated.
+            auto prealloc = memo.get(*layer);
+            if (!prealloc) return prealloc.error();
+            if (*prealloc) {
+                auto st = host_status(layer->data_backend(), m->host_offset, m->length);
+                if (!st) return st.error();
+                e.length = st->length;
+                e.zero = !st->data;
+            }
+            return e;
+        }
+        case cluster_state::zero:
+            e.present = e.zero = true;
+            if (m->has_host) e.offset = m->host_offset;
+            return e;
+        case cluster_state::compressed:
+            e.present = e.data = e.compressed = true;
+            return e;
+        case cluster_state::unallocated:
+        case cluster_state::invalid:
+            break;
+        }
+        if (layer->has_backing() && pos < layer->backing_size()) {
+            len = std::min(m->length, layer->backing_size() - pos);
+            ++depth;
+            if (auto* next = layer->backing_image()) {
+                layer = next;
+                continue;
+            }
+            if (const auto* raw = layer->backing_raw()) {
+                auto st = host_status(*raw, pos, len);
+                if (!st) return st.error();
+                e.length = st->length;
+                e.depth = depth;
+                e.present = true;
+                e.data = st->data;
+                e.zero = !st->data;
+                e.offset = pos;
+                return e;
+            }
+            return error{errc::not_supported, "mapping an image opened metadata-only that has a backing file"};
+        }
+        e.zero = true; // nothing below: reads as zeroes, but a backing file could change it
+        if (m->has_host) e.offset = m->host_offset;
+        return e;
+    }
+}
+
+} // namespace detail
+
+/**
+ * @brief Calls `emit(const map_extent&)` for each merged run of `[start, start + length)`, in order.
+ *
+ * The runs are those of `qemu-img map --output=json`: adjacent runs with equal keys and
+ * contiguous offsets are merged; in an image that looks metadata-preallocated (QEMU's test),
+ * data whose host range is a hole in the file reports `zero: true`; ranges that no layer
+ * provides report the deepest layer asked.
+ * @par Complexity
+ * One `map_range` per run or per L2 table, not per cluster; one block-status query per data run.
+ */
+template <class Image, class Emit>
+result<void> map_extents(Image& img, std::uint64_t start, std::uint64_t length, Emit&& emit) {
+    const std::uint64_t end = start + std::min(length, img.size() > start ? img.size() - start : 0);
+    std::optional<map_extent> pending;
+    detail::prealloc_memo<Image> memo;
+    for (std::uint64_t pos = start; pos < end;) {
+        auto e = detail::resolve_extent(img, pos, end - pos, memo);
+        if (!e) return e.error();
+        pos += e->length;
+        if (pending && pending->mergeable(*e)) {
+            pending->length += e->length;
+            continue;
+        }
+        if (pending) emit(*pending);
+        pending = *e;
+    }
+    if (pending) emit(*pending);
+    return {};
+}
+
+/// `map_extents` over the whole virtual disk.
+template <class Image, class Emit>
+result<void> map_extents(Image& img, Emit&& emit) {
+    return map_extents(img, 0, img.size(), std::forward<Emit>(emit));
+}
+
+} // namespace qcow2
+// ---- end qcow2/ops/map.hpp ----
+
+// ---- begin qcow2/ops/check.hpp ----
+/// @file
+/// @brief `check`: QEMU's consistency check of an image's refcounts (`qemu-img check`, no repair).
+///
+/// Rebuilds the refcount every host cluster should have from all of the image's metadata,
+/// as QEMU's `calculate_refcounts` does, compares it with the stored refcounts
+/// (`compare_refcounts`) and checks the COPIED flags of the active tables
+/// (`check_oflag_copied`). Counts and classification are QEMU 7.2's, so the report equals
+/// what `qemu-img check --output=json` prints for the same file.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace qcow2 {
+
+/// What `check` found, with the fields of QEMU's `BdrvCheckResult` (and `qemu-img check`'s keys).
+struct check_report {
+    std::uint64_t check_errors = 0;        ///< internal errors (a refcount that could not be read)
+    std::uint64_t corruptions = 0;         ///< stored refcount below the references, bad entries, wrong COPIED flags
+    std::uint64_t leaks = 0;               ///< stored refcount above the references
+    std::uint64_t corruptions_fixed = 0;   ///< always 0 (repair is not built yet)
+    std::uint64_t leaks_fixed = 0;         ///< always 0 (repair is not built yet)
+    std::uint64_t image_end_offset = 0;    ///< (highest cluster with a stored or expected refcount + 1) * cluster size
+    std::uint64_t total_clusters = 0;      ///< guest clusters: virtual size in clusters
+    std::uint64_t allocated_clusters = 0;  ///< active L2 entries with a host cluster (data, preallocated zero, compressed)
+    std::uint64_t fragmented_clusters = 0; ///< allocated clusters not following the previous one of their L2 table; compressed ones
+    std::uint64_t compressed_clusters = 0; ///< active compressed clusters
+
+    /// `qemu-img check`'s exit code: 1 check errors, 2 corruptions, 3 leaks only, 0 clean.
+    constexpr int exit_code() const noexcept { return check_errors ? 1 : corruptions ? 2 : leaks ? 3 : 0; }
+};
+
+/// How `check` runs.
+struct check_options {
+    /// Largest in-memory refcount array accepted: `check` needs 2 bytes per host cluster of the
+    /// file (4 with 32-bit refcounts, 8 with 64-bit ones); above this it fails with `errc::no_memory`.
+    std::uint64_t max_memory_bytes = std::uint64_t{1} << 30;
+    /// Memory for cached refcount blocks.
+    std::size_t cache_bytes = std::size_t{1} << 20;
+    /// Called with each problem found, in QEMU's words ("ERROR cluster 5 refcount=0 reference=1"); may be empty.
+    std::function<void(std::string_view)> on_problem;
+};
+
+namespace detail {
+
+template <class Image, class Counter>
+class refcount_checker {
+public:
+    using Backend = typename Image::backend_type;
+
+    refcount_checker(Image& img, const check_options& opts, basic_refcount_reader<Backend>& reader, std::uint64_t file_len,
+                     std::vector<Counter>& counters)
+        : img_(img), file_(img.backend()), opts_(opts), reader_(reader), h_(img.header()), file_len_(file_len),
+          counters_(counters) {
+        cb_ = h_.cluster_bits;
+        cs_ = h_.cluster_size();
+        nb_ = div_round_up(file_len_, cs_);
+        max_ = std::min<std::uint64_t>(refcount_max(h_.refcount_order), std::numeric_limits<Counter>::max());
+        external_ = (h_.incompatible_features & features::external_data_file::mask) != 0;
+        extended_ = h_.extended_l2();
+        l2_buf_.resize(static_cast<std::size_t>(cs_));
+    }
+
+    result<check_report> run() {
+        rep_.total_clusters = div_round_up(h_.size / 512 * 512, cs_);
+        if (auto r = calculate(); !r) return r.error();
+        compare();
+        if (auto r = check_oflag_copied(); !r) return r.error();
+        rep_.image_end_offset = (highest_ + 1) * cs_;
+        return rep_;
+    }
+
+private:
+    enum class type { unallocated, zero_plain, zero_alloc, normal, compressed };
+
+    void problem(std::string_view text) {
+        if (opts_.on_problem) opts_.on_problem(text);
+    }
+    void corruption(std::string_view text) {
+        ++rep_.corruptions;
+        problem(text);
+    }
+
+    type classify_entry(std::uint64_t e) const noexcept {
+        if (e & l2_bits::compressed) return type::compressed;
+        if ((e & l2_bits::zero) && !extended_) return (e & l2_bits::offset_mask) ? type::zero_alloc : type::zero_plain;
+        if (!(e & l2_bits::offset_mask)) return external_ && (e & l2_bits::copied) ? type::normal : type::unallocated;
+        return type::normal;
+    }
+
+    /// QEMU `qcow2_inc_refcounts_imrt`.
+    void inc(std::uint64_t offset, std::uint64_t size) {
+        if (size == 0) return;
+        // A region may end less than one cluster past the end of the file (a partly written last cluster).
+        const auto end = checked_add(offset, size);
+        if (!end || *end >= file_len_ + cs_) {
+            corruption(cat("ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset ",
+                           hex(offset), " size ", hex(size)));
+            return;
+        }
+        const std::uint64_t first = offset >> cb_, last = (offset + size - 1) >> cb_;
+        for (std::uint64_t k = first; k <= last; ++k) {
+            if (k >= nb_) nb_ = k + 1; // at most one cluster past the file's: counters_ has room
+            Counter& c = counters_[static_cast<std::size_t>(k)];
+            if (c == max_) {
+                corruption(cat("ERROR: overflow cluster offset=", hex(k << cb_)));
+                continue;
+            }
+            ++c;
+        }
+    }
+
+    result<std::vector<std::uint64_t>> read_l1(std::uint64_t offset, std::uint32_t entries) {
+        std::vector<std::uint64_t> l1;
+        // Entries past the end of the file read as zero: read (and keep) only those before it.
+        const std::uint64_t avail = offset >= file_len_ ? 0 : (file_len_ - offset) / 8 + 1;
+        const std::uint64_t n = std::min<std::uint64_t>(entries, avail);
+        std::vector<std::byte> raw(static_cast<std::size_t>(n * 8));
+        if (auto r = read_zero_padded(file_, file_len_, offset, raw, "reading an L1 table"); !r) return r.error();
+        l1.resize(static_cast<std::size_t>(n));
+        for (std::size_t i = 0; i < l1.size(); ++i) l1[i] = load_be64(raw, i * 8);
+        return l1;
+    }
+
+    result<void> read_l2(std::uint64_t offset) {
+        return read_zero_padded(file_, file_len_, offset, l2_buf_, "reading an L2 table");
+    }
+
+    std::uint64_t l2_entry(std::size_t i) const noexcept { return load_be64(l2_buf_, i * (extended_ ? 16 : 8)); }
+    std::uint64_t l2_bitmap(std::size_t i) const noexcept { return extended_ ? load_be64(l2_buf_, i * 16 + 8) : 0; }
+    std::size_t l2_entries() const noexcept { return static_cast<std::size_t>(cs_ / (extended_ ? 16 : 8)); }
+
+    /// QEMU `check_refcounts_l2`.
+    result<void> check_l2(std::uint64_t l2_offset, bool active) {
+        if (auto r = read_l2(l2_offset); !r) return r;
+        std::uint64_t next_contiguous = 0;
+        for (std::size_t i = 0; i < l2_entries(); ++i) {
+            std::uint64_t e = l2_entry(i);
+            const std::uint64_t bitmap = l2_bitmap(i);
+            const type t = classify_entry(e);
+            if (t != type::compressed && (e & l2_bits::standard_reserved))
+                corruption(cat("ERROR found l2 entry with reserved bits set: ", hex(e)));
+            switch (t) {
+            case type::compressed: {
+                const unsigned x = 70 - cb_;
+                if (e & l2_bits::copied) {
+                    corruption(cat("ERROR: coffset=", hex(e & ((std::uint64_t{1} << x) - 1)),
+                                   ": copied flag must never be set for compressed clusters"));
+                    e &= ~l2_bits::copied;
+                }
+                if (external_) {
+                    corruption(cat("ERROR compressed cluster ", dec(i), " with data file, entry=", hex(e)));
+                    break;
+                }
+                if (bitmap) {
+                    corruption(cat("ERROR compressed cluster ", dec(i), " with non-zero subcluster allocation bitmap, entry=", hex(e)));
+                    break;
+                }
+                const compressed_extent c = decode_compressed(e, cb_);
+                inc(c.offset, c.size);
+                if (active) {
+                    ++rep_.allocated_clusters;
+                    ++rep_.compressed_clusters;
+                    ++rep_.fragmented_clusters;
+                }
+                break;
+            }
+            case type::zero_alloc:
+            case type::normal: {
+                const std::uint64_t off = e & l2_bits::offset_mask;
+                if ((bitmap >> 32) & bitmap)
+                    corruption(cat("ERROR offset=", hex(off), ": Allocated cluster has corrupted subcluster allocation bitmap"));
+                if (off & (cs_ - 1)) {
+                    const bool data = extended_ ? (bitmap & 0xFFFFFFFFull) != 0 : !(e & l2_bits::zero);
+                    corruption(data ? cat("ERROR offset=", hex(off), ": Data cluster is not properly aligned; L2 entry corrupted.")
+                                    : cat("ERROR offset=", hex(off), ": Preallocated cluster is not properly aligned; L2 entry corrupted."));
+                }
+                if (active) {
+                    ++rep_.allocated_clusters;
+                    if (next_contiguous && off != next_contiguous) ++rep_.fragmented_clusters;
+                    next_contiguous = off + cs_;
+                }
+                if (!external_) inc(off, cs_);
+                break;
+            }
+            case type::zero_plain: break;
+            case type::unallocated:
+                if (bitmap & 0xFFFFFFFFull) corruption("ERROR: Unallocated cluster has non-zero subcluster allocation map");
+                break;
+            }
+        }
+        return {};
+    }
+
+    /// QEMU `check_refcounts_l1`.
+    result<void> check_l1(std::uint64_t offset, std::uint32_t size, bool active) {
+        if (size == 0) return {};
+        inc(offset, std::uint64_t{size} * 8);
+        auto l1 = read_l1(offset, size);
+        if (!l1) return l1.error();
+        for (const std::uint64_t e : *l1) {
+            if (!e) continue;
+            if (e & l2_bits::l1_reserved) corruption(cat("ERROR found L1 entry with reserved bits set: ", hex(e)));
+            const std::uint64_t l2 = e & l2_bits::l1_offset_mask;
+            inc(l2, cs_);
+            if (l2 & (cs_ - 1)) corruption(cat("ERROR l2_offset=", hex(l2), ": Table is not cluster aligned; L1 entry corrupted"));
+            if (auto r = check_l2(l2, active); !r) return r;
+        }
+        if (active) active_l1_ = std::move(*l1);
+        return {};
+    }
+
+    /// QEMU `qcow2_check_bitmaps_refcounts`.
+    result<void> check_bitmaps() {
+        const auto& bms = img_.bitmaps();
+        const auto ext = h_.bitmaps();
+        if (bms.empty() || !ext) return {};
+        inc(ext->directory_offset, ext->directory_size);
+        for (const auto& bm : bms) {
+            const std::uint64_t bytes = std::uint64_t{bm.table_size} * 8;
+            inc(bm.table_offset, bytes);
+            // QEMU refuses tables describing over 512 MiB of bitmap (so at most 8 MiB of table).
+            if (bm.table_size == 0 || std::uint64_t{bm.table_size} * cs_ > (std::uint64_t{512} << 20)) {
+                ++rep_.corruptions;
+                return error{errc::invalid_bitmap_directory, cat("bitmap '", bm.name, "' has a bitmap table of ",
+                                                                 dec(bm.table_size), " entries: too large")};
+            }
+            std::vector<std::byte> raw(static_cast<std::size_t>(bytes));
+            if (auto r = read_zero_padded(file_, file_len_, bm.table_offset, raw, "reading a bitmap table"); !r) return r;
+            for (std::size_t i = 0; i < bm.table_size; ++i) {
+                const std::uint64_t e = load_be64(raw, i * 8);
+                const std::uint64_t off = e & 0x00FFFFFFFFFFFE00ull;
+                if ((e & 0xFF000000000001FEull) || (off && ((e & 1) || (off & (cs_ - 1))))) {
+                    ++rep_.corruptions;
+                    return error{errc::invalid_bitmap_directory,
+                                 cat("bitmap '", bm.name, "': invalid bitmap table entry ", hex(e), " at index ", dec(i))};
+                }
+            }
+            for (std::size_t i = 0; i < bm.table_size; ++i) {
+                const std::uint64_t off = load_be64(raw, i * 8) & 0x00FFFFFFFFFFFE00ull;
+                if (off) inc(off, cs_);
+            }
+        }
+        return {};
+    }
+
+    /// QEMU `check_refblocks`.
+    void check_refblocks() {
+        const auto table = reader_.table();
+        for (std::size_t i = 0; i < table.size(); ++i) {
+            const std::uint64_t off = table[i] & reftable_bits::offset_mask;
+            const std::uint64_t cluster = off >> cb_;
+            if (table[i] & reftable_bits::reserved) {
+                corruption(cat("ERROR refcount table entry ", dec(i), " has reserved bits set"));
+                continue;
+            }
+            if (off & (cs_ - 1)) {
+                corruption(cat("ERROR refcount block ", dec(i), " is not cluster aligned; refcount table entry corrupted"));
+                continue;
+            }
+            if (cluster >= nb_) {
+                corruption(cat("ERROR refcount block ", dec(i), " is outside image"));
+                continue;
+            }
+            if (off) {
+                inc(off, cs_);
+                const std::uint64_t rc = counters_[static_cast<std::size_t>(cluster)];
+                if (rc != 1) corruption(cat("ERROR refcount block ", dec(i), " refcount=", dec(rc)));
+            }
+        }
+    }
+
+    /// The snapshot table's size as QEMU computes it: every entry padded to 8 bytes but the last.
+    std::uint64_t snapshots_size() const {
+        std::uint64_t n = 0;
+        const auto& s = img_.snapshots();
+        for (std::size_t i = 0; i < s.size(); ++i)
+            n += i + 1 < s.size() ? snapshot_entry_size(s[i]) : 40 + s[i].extra.size() + s[i].id.size() + s[i].name.size();
+        return n;
+    }
+
+    /// QEMU `calculate_refcounts`.
+    result<void> calculate() {
+        inc(0, cs_);
+        if (auto r = check_l1(h_.l1_table_offset, h_.l1_size, true); !r) return r;
+        const auto& snaps = img_.snapshots();
+        if (external_ && !snaps.empty()) corruption(cat("ERROR ", dec(snaps.size()), " snapshots in image with data file"));
+        for (const auto& sn : snaps)
+            if (auto r = check_l1(sn.l1_table_offset, sn.l1_size, false); !r) return r;
+        inc(h_.snapshots_offset, snapshots_size());
+        inc(h_.refcount_table_offset, std::uint64_t{h_.refcount_table_clusters} * cs_);
+        if (const auto crypt = h_.encryption()) inc(crypt->offset, crypt->length);
+        if (auto r = check_bitmaps(); !r) return r;
+        check_refblocks();
+        return {};
+    }
+
+    /// The stored refcount; QEMU reads a block past the end of the file as zeroes.
+    result<std::uint64_t> stored(std::uint64_t cluster) {
+        auto r = reader_.get(cluster);
+        if (!r && r.error().code() == make_error_code(errc::short_read)) return std::uint64_t{0};
+        return r;
+    }
+
+    /// QEMU `compare_refcounts`, one refcount block at a time.
+    void compare() {
+        const std::uint64_t per_block = reader_.entries_per_block();
+        const unsigned order = h_.refcount_order;
+        for (std::uint64_t start = 0; start < nb_; start += per_block) {
+            const std::uint64_t end = std::min(nb_, start + per_block);
+            auto b = reader_.block(start / per_block);
+            const bool past_end = !b && b.error().code() == make_error_code(errc::short_read);
+            for (std::uint64_t i = start; i < end; ++i) {
+                std::uint64_t rc1 = 0;
+                if (!b && !past_end) {
+                    ++rep_.check_errors;
+                    problem(cat("Can't get refcount for cluster ", dec(i), ": ", b.error().message()));
+                    continue;
+                }
+                if (b && !b->empty()) rc1 = get_refcount(*b, i - start, order);
+                const std::uint64_t rc2 = counters_[static_cast<std::size_t>(i)];
+                if (rc1 || rc2) highest_ = i;
+                if (rc1 != rc2) {
+                    if (rc1 < rc2) ++rep_.corruptions;
+                    else ++rep_.leaks;
+                    problem(cat(rc1 < rc2 ? "ERROR" : "Leaked", " cluster ", dec(i), " refcount=", dec(rc1), " reference=", dec(rc2)));
+                }
+            }
+        }
+    }
+
+    /// QEMU `check_oflag_copied` (without repair).
+    result<void> check_oflag_copied() {
+        for (std::size_t i = 0; i < active_l1_.size(); ++i) {
+            const std::uint64_t e = active_l1_[i];
+            const std::uint64_t l2 = e & l2_bits::l1_offset_mask;
+            if (!l2) continue;
+            auto rc = stored(l2 >> cb_);
+            if (!rc) continue;
+            if ((*rc == 1) != ((e & l2_bits::copied) != 0))
+                corruption(cat("ERROR OFLAG_COPIED L2 cluster: l1_index=", dec(i), " l1_entry=", hex(e), " refcount=", dec(*rc)));
+            if (auto r = read_l2(l2); !r) {
+                ++rep_.check_errors;
+                return r;
+            }
+            for (std::size_t j = 0; j < l2_entries(); ++j) {
+                const std::uint64_t le = l2_entry(j);
+                const type t = classify_entry(le);
+                if (t != type::normal && t != type::zero_alloc) continue;
+                std::uint64_t refcount = 1;
+                if (!external_) {
+                    auto s = stored((le & l2_bits::offset_mask) >> cb_);
+                    if (!s) continue;
+                    refcount = *s;
+                }
+                if ((refcount == 1) != ((le & l2_bits::copied) != 0))
+                    corruption(cat("ERROR OFLAG_COPIED data cluster: l2_entry=", hex(le), " refcount=", dec(refcount)));
+            }
+        }
+        return {};
+    }
+
+    Image& img_;
+    Backend& file_;
+    const check_options& opts_;
+    basic_refcount_reader<Backend>& reader_;
+    const header& h_;
+    std::uint64_t file_len_;
+    std::vector<Counter>& counters_;
+    unsigned cb_ = 16;
+    std::uint64_t cs_ = 0;
+    std::uint64_t nb_ = 0;
+    std::uint64_t max_ = 0;
+    std::uint64_t highest_ = 0;
+    bool external_ = false;
+    bool extended_ = false;
+    std::vector<std::byte> l2_buf_;
+    std::vector<std::uint64_t> active_l1_;
+    check_report rep_;
+};
+
+template <class Counter, class Image>
+result<check_report> run_check(Image& img, const check_options& opts, basic_refcount_reader<typename Image::backend_type>& reader,
+                               std::uint64_t file_len, std::uint64_t nb_clusters) {
+    // One spare counter: a reference may end less than one cluster past the end of the file.
+    const std::uint64_t count = nb_clusters + 1;
+    if (count > opts.max_memory_bytes / sizeof(Counter))
+        return error{errc::no_memory, cat("checking needs ", dec(count * sizeof(Counter)), " bytes of refcounts for ",
+                                          dec(nb_clusters), " host clusters, over the limit of ", dec(opts.max_memory_bytes),
+                                          " bytes")};
+    std::vector<Counter> counters;
+#if QCOW2_HAS_EXCEPTIONS
+    try {
+#endif
+        counters.resize(static_cast<std::size_t>(count));
+#if QCOW2_HAS_EXCEPTIONS
+    } catch (...) {
+        return error{errc::no_memory, cat("allocating ", dec(count * sizeof(Counter)), " bytes of refcounts")};
+    }
+#endif
+    refcount_checker<Image, Counter> c(img, opts, reader, file_len, counters);
+    return c.run();
+}
+
+} // namespace detail
+
+/**
+ * @brief Checks the refcounts of `img` as `qemu-img check` does (without repair).
+ *
+ * Rebuilds the expected refcount of every host cluster from all metadata (header, active
+ * and snapshot L1 tables, every L2 table once per referencing L1 entry, data and compressed
+ * clusters, the snapshot table, the refcount table and blocks, the bitmap directory, tables
+ * and data, the LUKS header), compares it with the stored refcounts and checks the COPIED
+ * flags of the active L1 and L2 entries. Problems are counted in the report (and passed to
+ * `opts.on_problem`), not returned as errors. The image is not modified.
+ *
+ * @par Memory
+ * One counter per host cluster of the file plus one: 2 bytes each for refcount widths up
+ * to 16 bits, 4 for 32 and 8 for 64 (QEMU keeps the same array); refused above
+ * `opts.max_memory_bytes`. Plus one cluster for L2 tables, the largest L1 table actually
+ * in the file (at most 32 MiB), one bitmap table at a time (at most 8 MiB), the refcount
+ * table (at most 8 MiB) and `opts.cache_bytes` of refcount blocks.
+ * @par I/O
+ * Reads every L1 table, every L2 table (active ones twice), the bitmap tables, the
+ * refcount table and every refcount block (through the cache).
+ * @par Errors
+ * Only when the check cannot complete (QEMU's "Check failed"): `file_too_large` when the
+ * file has more than 2^31 - 1 clusters, `no_memory`, `invalid_bitmap_directory` for a
+ * bitmap table QEMU would refuse to load, the refcount table's errors
+ * (`basic_refcount_reader::open`), I/O errors.
+ */
+template <class Image>
+result<check_report> check(Image& img, const check_options& opts = {}) {
+    using detail::cat;
+    using detail::dec;
+    auto len = io::size_of(img.backend());
+    if (!len) return len.error();
+    const std::uint64_t cs = img.cluster_size();
+    const std::uint64_t nb = detail::div_round_up(*len, cs);
+    if (nb > 0x7FFFFFFFull)
+        return error{errc::file_too_large, cat("the image file has ", dec(nb), " clusters, more than QEMU checks (2^31 - 1)")};
+    auto reader = basic_refcount_reader<typename Image::backend_type>::open(img.backend(), img.header(), opts.cache_bytes);
+    if (!reader) return reader.error();
+    const unsigned order = img.header().refcount_order;
+    if (order <= 4) return detail::run_check<std::uint16_t>(img, opts, *reader, *len, nb);
+    if (order == 5) return detail::run_check<std::uint32_t>(img, opts, *reader, *len, nb);
+    return detail::run_check<std::uint64_t>(img, opts, *reader, *len, nb);
+}
+
+} // namespace qcow2
+// ---- end qcow2/ops/check.hpp ----
 
 namespace qcow2 {
 /// An image in a local file.

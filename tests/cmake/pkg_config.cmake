@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 # Consumer test without CMake: compiles and runs a program with the flags `pkg-config qcow2` gives.
 #   cmake -DPKG_CONFIG=<pkg-config> -DPREFIX=<prefix> -DCXX=<compiler> -DCXXFLAGS=<flags>
-#         -DSOURCE=<main.cpp> -DOUTPUT=<executable> -P pkg_config.cmake
+#         -DSOURCE=<consumer_main.cpp> -DOUTPUT=<executable> -P pkg_config.cmake
 set(ENV{PKG_CONFIG_PATH} "${PREFIX}/share/pkgconfig")
 set(ENV{PKG_CONFIG_LIBDIR} "${PREFIX}/share/pkgconfig")
 execute_process(COMMAND "${PKG_CONFIG}" --cflags --libs qcow2
