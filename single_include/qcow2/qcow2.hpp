@@ -2266,7 +2266,7 @@ constexpr result<void> encode_header(const header& h, std::span<std::byte> out) 
     store_be32(out, 0, header_magic);
     store_be32(out, 4, h.version);
     store_be64(out, 8, h.backing_file_offset);
-    store_be32(out, 16, h.backing_file_offset ? h.backing_file_size : 0);
+    store_be32(out, 16, h.backing_file_size); // kept as stored even when meaningless (offset 0)
     store_be32(out, 20, h.cluster_bits);
     store_be64(out, 24, h.size);
     store_be32(out, 32, h.crypt_method);
@@ -2288,15 +2288,18 @@ constexpr result<void> encode_header(const header& h, std::span<std::byte> out) 
         }
     }
     std::uint64_t off = h.header_length;
+    std::uint64_t used = off; // end of the last byte that carries meaning (padding does not)
     for (const auto& e : h.extensions) {
         store_be32(out, off, e.type);
         store_be32(out, off + 4, static_cast<std::uint32_t>(e.data.size()));
         for (std::size_t i = 0; i < e.data.size(); ++i) out[off + 8 + i] = e.data[i];
+        used = off + 8 + e.data.size();
         off += 8 + ((e.data.size() + 7) & ~std::size_t{7});
     }
-    if (h.has_end_marker) off += 8; // type 0, length 0: already zero
+    if (h.has_end_marker) used = off += 8; // type 0, length 0: already zero
     if (h.backing_file_offset != 0) {
-        if (h.backing_file_offset < off || h.backing_file_size != h.backing_file.size())
+        // The name may start inside the last extension's padding (QEMU reads such files), not its data.
+        if (h.backing_file_offset < used || h.backing_file_size != h.backing_file.size())
             return error{errc::invalid_argument, cat("backing file name at ", dec(h.backing_file_offset),
                                                      " overlaps the header extensions ending at ", dec(off),
                                                      " or its size field disagrees with the name")};
