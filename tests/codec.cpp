@@ -297,7 +297,7 @@ qcow2_test::process_result qemu_read(const qcow2_test::temp_dir& dir, const std:
 
 bool have_qemu() {
     if (qcow2_test::find_program("qemu-img")) return true;
-    WARN("qemu-img is not on PATH: the QEMU interop checks are skipped");
+    FAIL("qemu-img is not on PATH: install qemu-utils (the QEMU interop checks never skip)");
     return false;
 }
 

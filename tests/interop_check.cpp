@@ -3,9 +3,12 @@
 // refcount width, several cluster sizes, data, snapshots, compressed clusters, bitmaps, an
 // external data file, preallocation=metadata, extended L2), some damaged on purpose
 // afterwards (a leaked cluster, a zero refcount under data, an L2 entry pointing into the
-// L1 table, a cleared COPIED flag, a lazy-refcount image left dirty by a killed qemu-io).
-// For each: `qcow2 check --output=json` equals `qemu-img check --output=json` (parsed) and
-// the exit codes match.
+// L1 table, a cleared COPIED flag, a lazy-refcount image left dirty by a killed qemu-io, a
+// refcount block overwritten with garbage). For each: `qcow2 check --output=json` equals
+// `qemu-img check --output=json` (parsed) and the exit codes match. Each damaged image is
+// then repaired (`-r all`, and `-r leaks`) by both on identical copies: same report, same
+// exit code, byte-identical files, and a repaired image qemu-img finds clean whose guest
+// content is what it was before the damage.
 #include "qcow2/qcow2.hpp"
 
 #include "support/json.hpp"
@@ -14,6 +17,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -86,6 +90,28 @@ std::uint64_t first_l2_entry(const std::string& path) {
     const std::uint64_t l2 = peek64(path, h.l1_table_offset) & qcow2::l2_bits::l1_offset_mask;
     REQUIRE(l2 != 0);
     return l2;
+}
+
+/// Overwrites the first refcount block with pseudo-random bytes.
+void garbage_refblock(const std::string& path) {
+    const auto h = header_of(path);
+    const std::uint64_t block = peek64(path, h.refcount_table_offset) & qcow2::reftable_bits::offset_mask;
+    REQUIRE(block != 0);
+    std::string junk(static_cast<std::size_t>(h.cluster_size()), '\0');
+    std::uint32_t x = 12345;
+    for (char& c : junk) {
+        x = x * 1103515245u + 12345u;
+        c = static_cast<char>(x >> 24);
+    }
+    std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(static_cast<std::streamoff>(block));
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+    REQUIRE(f.good());
+}
+
+std::string slurp(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
 struct check_case {
@@ -179,6 +205,10 @@ std::vector<check_case> cases() {
                   io("dirty.qcow2", {"write 1M 1M", "sigraise 9"})},
                  {},
                  2});
+    c.push_back({"garbage_refblock.qcow2",
+                 {create("garbage_refblock.qcow2", "", "8M"), io("garbage_refblock.qcow2", {"write -P 7 0 128k", "write -P 9 3M 64k"})},
+                 garbage_refblock,
+                 -1});
     c.push_back({"refcount1_snapshot.qcow2", // the snapshot fails on refcount overflow and leaks
                  {create("refcount1_snapshot.qcow2", "refcount_bits=1", "8M"), io("refcount1_snapshot.qcow2", {"write 0 1M"}),
                   {"qemu-img", "snapshot", "-c", "s1", "refcount1_snapshot.qcow2"}},
@@ -190,10 +220,9 @@ std::vector<check_case> cases() {
 } // namespace
 
 TEST_CASE("check: qcow2 check equals qemu-img check", "[interop]") {
-    if (!qcow2_test::find_program("qemu-img") || !qcow2_test::find_program("qemu-io")) {
-        WARN("qemu-img or qemu-io not found: skipped");
-        return;
-    }
+    // Interop tests run, never skip: without qemu-utils they fail.
+    REQUIRE(qcow2_test::find_program("qemu-img"));
+    REQUIRE(qcow2_test::find_program("qemu-io"));
     qcow2_test::temp_dir dir("qcow2-check-");
     for (const auto& k : cases()) {
         SECTION(k.name) {
@@ -220,7 +249,7 @@ TEST_CASE("check: qcow2 check equals qemu-img check", "[interop]") {
 }
 
 TEST_CASE("check: formats without checks and repair", "[interop]") {
-    if (!qcow2_test::find_program("qemu-img")) return;
+    REQUIRE(qcow2_test::find_program("qemu-img")); // interop tests run, never skip: install qemu-utils
     qcow2_test::temp_dir dir("qcow2-check-");
     qcow2_test::run({"qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M"}, dir.path());
     qcow2_test::run({"qemu-img", "create", "-q", "-f", "qcow2", "q.qcow2", "1M"}, dir.path());
@@ -228,7 +257,107 @@ TEST_CASE("check: formats without checks and repair", "[interop]") {
     const auto m = qcow2_test::run({QCOW2_TEST_CLI, "check", "r.raw"}, dir.path());
     CHECK(q.status == 63);
     CHECK(m.status == 63);
-    const auto r = qcow2_test::run({QCOW2_TEST_CLI, "check", "-r", "leaks", "q.qcow2"}, dir.path());
+    const auto r = qcow2_test::run({QCOW2_TEST_CLI, "check", "-r", "some", "q.qcow2"}, dir.path());
     CHECK(r.status == 1);
-    CHECK(r.err.find("repair (-r) is not built yet") != std::string::npos);
+    CHECK(r.err.find("expecting 'leaks' or 'all'") != std::string::npos);
+    // A clean image: nothing to repair, same output and status as qemu-img.
+    const auto qc = qcow2_test::run({"qemu-img", "check", "-r", "all", "q.qcow2"}, dir.path());
+    const auto mc = qcow2_test::run({QCOW2_TEST_CLI, "check", "-r", "all", "q.qcow2"}, dir.path());
+    CHECK(mc.status == qc.status);
+    CHECK(mc.out == qc.out);
+    // -q: no report on stdout, the exit status still tells (as qemu-img check -q).
+    for (const char* fmt : {"--output=human", "--output=json"}) {
+        const auto quiet = qcow2_test::run({QCOW2_TEST_CLI, "check", "-q", fmt, "q.qcow2"}, dir.path());
+        CHECK(quiet.status == 0);
+        CHECK(quiet.out.empty());
+    }
+    qcow2_test::run({"qemu-img", "create", "-q", "-f", "qcow2", "leak.qcow2", "1M"}, dir.path());
+    set_refcount16(dir / "leak.qcow2", 0, 2); // the header cluster counted twice: one leak
+    const auto ql = qcow2_test::run({"qemu-img", "check", "-q", "leak.qcow2"}, dir.path());
+    const auto ml = qcow2_test::run({QCOW2_TEST_CLI, "check", "-q", "leak.qcow2"}, dir.path());
+    CHECK(ql.status == 3);
+    CHECK(ml.status == ql.status);
+    CHECK(ml.out == ql.out);
+    // The library refuses to repair an image opened read-only.
+    auto file = qcow2::io::posix_file::open(dir / "q.qcow2", qcow2::io::open_mode::read_only);
+    REQUIRE(file);
+    auto img = qcow2::image::open(std::move(*file));
+    REQUIRE(img);
+    qcow2::check_options o;
+    o.repair = qcow2::check_repair::leaks;
+    const auto rep = qcow2::check(*img, o);
+    REQUIRE(!rep);
+    CHECK(rep.error().code() == qcow2::make_error_code(qcow2::errc::read_only));
+}
+
+TEST_CASE("check: qcow2 check -r repairs as qemu-img check -r does", "[interop]") {
+    // Interop tests run, never skip: without qemu-utils they fail.
+    REQUIRE(qcow2_test::find_program("qemu-img"));
+    REQUIRE(qcow2_test::find_program("qemu-io"));
+    namespace fs = std::filesystem;
+    struct repair_case {
+        std::string image;
+        std::string mode;
+        bool same_guest_data; ///< the damage leaves the guest content as it was
+    };
+    const std::vector<repair_case> repairs{
+        {"leak.qcow2", "leaks", true},          {"leak.qcow2", "all", true},
+        {"zero_refcount.qcow2", "all", true},   {"zero_refcount.qcow2", "leaks", true}, // leaks: needs a rebuild, fails
+        {"l2_into_l1.qcow2", "all", false},     {"l2_into_l1.qcow2", "leaks", false},   // leaks: a corruption stays
+        {"copied_cleared.qcow2", "all", true},  {"copied_cleared.qcow2", "leaks", true},
+        {"dirty.qcow2", "all", true},           {"garbage_refblock.qcow2", "all", true},
+    };
+    qcow2_test::temp_dir dir("qcow2-repair-");
+    for (const auto& k : cases()) {
+        for (const auto& r : repairs) {
+            if (r.image != k.name) continue;
+            SECTION(k.name + " -r " + r.mode) {
+                for (const auto& s : k.steps) qcow2_test::run(s, dir.path());
+                // The guest content before the damage (the dirty image's damage is its steps).
+                REQUIRE(qcow2_test::run({"qemu-img", "convert", "-U", "-O", "raw", k.name, "before.raw"}, dir.path()).status == 0);
+                if (k.damage) k.damage(dir / k.name);
+                const std::string q = "q_" + k.name, h = "h_" + k.name, mh = "mh_" + k.name;
+                for (const auto& copy : {q, h, mh}) fs::copy_file(dir / k.name, dir / copy, fs::copy_options::overwrite_existing);
+
+                const auto qr = qcow2_test::run({"qemu-img", "check", "-r", r.mode, "--output=json", q}, dir.path());
+                const auto mr = qcow2_test::run({QCOW2_TEST_CLI, "check", "-r", r.mode, "--output=json", k.name}, dir.path());
+                INFO("qemu-img: " << qr.status << "\n" << qr.out << qr.err);
+                INFO("qcow2: " << mr.status << "\n" << mr.out << mr.err);
+                CHECK(mr.status == qr.status);
+                CHECK(qr.out.empty() == mr.out.empty());
+                if (!qr.out.empty() && !mr.out.empty()) {
+                    auto qj = json::parse(qr.out);
+                    auto mj = json::parse(mr.out);
+                    qj.erase("filename");
+                    mj.erase("filename");
+                    CHECK(json::differences(qj, mj).empty());
+                }
+                // Byte for byte the file qemu-img repaired (same refcounts, flags, rebuilt structure, discards).
+                const bool same_file = slurp(dir / k.name) == slurp(dir / q);
+                CHECK(same_file);
+
+                // The human form: same stdout, same status.
+                const auto qh = qcow2_test::run({"qemu-img", "check", "-r", r.mode, h}, dir.path());
+                const auto mhr = qcow2_test::run({QCOW2_TEST_CLI, "check", "-r", r.mode, mh}, dir.path());
+                CHECK(mhr.out == qh.out);
+                CHECK(mhr.status == qh.status);
+
+                if (qr.status != 0) continue; // not fully repairable in this mode
+                const auto after = qcow2_test::run({"qemu-img", "check", "--output=json", k.name}, dir.path());
+                INFO("after: " << after.out << after.err);
+                CHECK(after.status == 0);
+                const auto aj = json::parse(after.out);
+                CHECK(aj.find("corruptions") == nullptr);
+                CHECK(aj.find("leaks") == nullptr);
+                // The dirty and corrupt bits are cleared.
+                CHECK((header_of(dir / k.name).incompatible_features &
+                       (qcow2::features::dirty::mask | qcow2::features::corrupt::mask)) == 0);
+                if (r.same_guest_data) {
+                    REQUIRE(qcow2_test::run({"qemu-img", "convert", "-O", "raw", k.name, "after.raw"}, dir.path()).status == 0);
+                    const bool same_guest = slurp(dir / "after.raw") == slurp(dir / "before.raw");
+                    CHECK(same_guest);
+                }
+            }
+        }
+    }
 }

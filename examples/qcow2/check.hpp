@@ -3,7 +3,9 @@
 //
 // The report, text and exit codes of `qemu-img check` (7.2): 0 clean, 1 check errors or
 // failure, 2 corruptions, 3 leaks only, 63 a format without checks (raw). Problems go to
-// stderr in QEMU's words. Repair (-r) is not built yet.
+// stderr in QEMU's words. With -r leaks|all the image is opened writable and repaired as
+// qemu-img does: when anything was fixed, "The following inconsistencies were found and
+// repaired" is printed and the report is that of a second check, plus the fixed counts.
 #pragma once
 
 #include "common.hpp"
@@ -65,6 +67,7 @@ inline void print_check_human(const qcow2::check_report& r) {
 
 inline int check_command(const std::vector<std::string>& args) {
     output_format out = output_format::human;
+    bool quiet = false;
     std::string format, path, repair;
     for (std::size_t k = 0; k < args.size(); ++k) {
         const std::string& a = args[k];
@@ -78,8 +81,10 @@ inline int check_command(const std::vector<std::string>& args) {
             repair = args[++k];
         } else if (a.rfind("-r", 0) == 0 && a.size() > 2) {
             repair = a.substr(2);
-        } else if (a == "-q" || a == "--quiet" || a == "-U" || a == "--force-share") {
-            // Accepted for qemu-img compatibility (-q is not implemented: output is always printed).
+        } else if (a == "-q" || a == "--quiet") {
+            quiet = true; // like qemu-img: no report on stdout, the exit code still tells
+        } else if (a == "-U" || a == "--force-share") {
+            // Accepted for qemu-img compatibility: this tool takes no locks.
         } else if (!a.empty() && a[0] == '-') {
             return fail("check: unknown option '" + a + "'"), 1;
         } else if (path.empty()) {
@@ -88,13 +93,15 @@ inline int check_command(const std::vector<std::string>& args) {
             return fail("check: too many arguments"), 1;
         }
     }
+    qcow2::check_options copts;
     if (!repair.empty()) {
         if (repair != "leaks" && repair != "all") return fail("Unknown option value for -r (expecting 'leaks' or 'all'): " + repair), 1;
-        return fail("repair (-r) is not built yet"), 1;
+        copts.repair = repair == "all" ? qcow2::check_repair::all : qcow2::check_repair::leaks;
     }
     if (path.empty()) return fail("Expecting one image file name"), 1;
 
-    auto file = qcow2::io::posix_file::open(path, qcow2::io::open_mode::read_only);
+    const bool writable = copts.repair != qcow2::check_repair::none;
+    auto file = qcow2::io::posix_file::open(path, writable ? qcow2::io::open_mode::read_write : qcow2::io::open_mode::read_only);
     if (!file) return open_failed(path, file.error());
     if (format.empty()) format = probe_format(*file);
     if (format == "raw") return fail("This image format does not support checks"), 63;
@@ -102,15 +109,26 @@ inline int check_command(const std::vector<std::string>& args) {
     // The check reads this file's metadata only: the backing and data files are not needed.
     qcow2::open_options opts;
     opts.metadata_only = true;
+    opts.writable = writable;
+    opts.repair = writable;
     auto img = qcow2::image::open(std::move(*file), opts);
     if (!img) return open_failed(path, img.error());
 
-    qcow2::check_options copts;
     copts.on_problem = [](std::string_view text) {
         std::fprintf(stderr, "%.*s\n", static_cast<int>(text.size()), text.data());
     };
     auto report = qcow2::check(*img, copts);
     if (!report) return fail("Check failed: " + report.error().what()), 1;
+    if (quiet) {
+        if (report->check_errors) fail("Check failed");
+        return report->exit_code();
+    }
+    if (out == output_format::human && (report->corruptions_fixed || report->leaks_fixed))
+        std::printf("The following inconsistencies were found and repaired:\n\n"
+                    "    %llu leaked clusters\n"
+                    "    %llu corruptions\n\n"
+                    "Double checking the fixed image now...\n",
+                    static_cast<unsigned long long>(report->leaks_fixed), static_cast<unsigned long long>(report->corruptions_fixed));
     if (out == output_format::json) std::printf("%s\n", json::dump(check_json(path, *report)).c_str());
     else print_check_human(*report);
     if (report->check_errors) fail("Check failed");

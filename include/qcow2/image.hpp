@@ -12,6 +12,8 @@
 #include "qcow2/backing.hpp"
 #include "qcow2/codec/dispatch.hpp"
 #include "qcow2/config.hpp"
+#include "qcow2/detail/checked.hpp"
+#include "qcow2/detail/endian.hpp"
 #include "qcow2/detail/strings.hpp"
 #include "qcow2/format/bitmap.hpp"
 #include "qcow2/format/features.hpp"
@@ -55,6 +57,10 @@ struct open_options {
     std::size_t max_chain_depth = 128;
     /// External data file name, overriding the one recorded in the image (QEMU's data-file option).
     std::optional<std::string> data_file;
+    /// Open for `check` with repair (QEMU's BDRV_O_CHECK): a writable open then accepts an
+    /// image with the dirty or corrupt bit, and keeps every autoclear bit (repair rewrites
+    /// only refcounts and COPIED flags, which no autoclear feature depends on).
+    bool repair = false;
 };
 
 /// One run of a guest range in one layer of the chain, as `basic_image::map_range` reports it.
@@ -91,7 +97,8 @@ public:
      * Everything `decode_header` reports; `unknown_incompatible_feature` naming the bits (from
      * the image's feature name table when present); `image_corrupt` for a read-write open of
      * an image with the corrupt bit; `not_supported` for a read-write open of an image with the
-     * dirty bit (refcount repair is not built yet); `short_read` when the L1 table lies past the
+     * dirty bit (repairing on open is not built: open with `open_options::repair` and run
+     * `check` with repair); both are accepted with `open_options::repair`; `short_read` when the L1 table lies past the
      * end of the file; `invalid_snapshot_table`, `invalid_bitmap_directory`;
      * `backing_file_refused` and the resolver's errors, prefixed with the chain position;
      * `invalid_argument` when the chain is deeper than `max_chain_depth`; I/O errors.
@@ -273,6 +280,98 @@ public:
     /// Makes every completed write durable.
     result<void> flush() { return check_io(file_.flush(), "flushing the image file"); }
 
+    /// @name Metadata rewrites used by `check` with repair
+    /// Each needs a writable image, writes through to the file at once and keeps the image's
+    /// in-memory state (header, L1 table, L2 cache, file size) equal to the file.
+    /// @{
+
+    /**
+     * @brief Sets active L1 entry `index` to `value`: writes its 8 bytes, then updates the L1 table in memory.
+     * @par Errors
+     * `read_only`; `invalid_argument` for an index past the L1 table; I/O errors (memory then unchanged).
+     * @par I/O
+     * One 8-byte write (no flush).
+     */
+    result<void> write_l1_entry(std::size_t index, std::uint64_t value) {
+        if (!writable_) return error{errc::read_only, "writing an L1 entry of an image opened read-only"};
+        if (index >= l1_.size())
+            return error{errc::invalid_argument, detail::cat("L1 index ", detail::dec(index), " past the L1 table of ",
+                                                             detail::dec(l1_.size()), " entries")};
+        std::byte b[8];
+        detail::store_be64(b, 0, value);
+        if (auto r = check_io(file_.write_at(header_.l1_table_offset + index * 8, b), "writing an L1 entry"); !r) return r;
+        l1_[index] = value;
+        return {};
+    }
+
+    /**
+     * @brief Writes the L2 table `table` (one cluster) at host `offset` and drops any cached copy of it.
+     * @par Errors
+     * `read_only`; `invalid_argument` when `table` is not one cluster or `offset` is not cluster
+     * aligned; I/O errors (the cached copy is dropped whatever the outcome).
+     * @par I/O
+     * One cluster write (no flush).
+     */
+    result<void> write_l2_table(std::uint64_t offset, std::span<const std::byte> table) {
+        if (!writable_) return error{errc::read_only, "writing an L2 table of an image opened read-only"};
+        if (table.size() != cluster_size() || !detail::is_aligned(offset, cluster_size()))
+            return error{errc::invalid_argument, detail::cat("L2 table write of ", detail::dec(table.size()), " bytes at ",
+                                                             detail::hex(offset), ": not one aligned cluster")};
+        if (l2_cache_) l2_cache_->invalidate(offset);
+        return check_io(file_.write_at(offset, table), "writing an L2 table");
+    }
+
+    /**
+     * @brief Points the header at a new refcount table: flushes, writes the 12 bytes of
+     *        refcount_table_offset and refcount_table_clusters in one write, flushes.
+     *
+     * The new table and its blocks must already be written. Also refreshes the file size the
+     * image checks metadata against (the new structures may have grown the file).
+     * @par Errors
+     * `read_only`; `misaligned_offset`; I/O errors (the header in memory is updated only on success).
+     * @par I/O
+     * Two flushes around one 12-byte write at byte 48.
+     */
+    result<void> replace_refcount_table(std::uint64_t offset, std::uint32_t clusters) {
+        if (!writable_) return error{errc::read_only, "replacing the refcount table of an image opened read-only"};
+        if (!detail::is_aligned(offset, cluster_size()))
+            return error{errc::misaligned_offset, detail::cat("refcount table offset ", detail::hex(offset), " is not cluster aligned")};
+        if (auto r = flush(); !r) return r;
+        std::byte b[12];
+        detail::store_be64(b, 0, offset);
+        detail::store_be32(b, 8, clusters);
+        if (auto r = check_io(file_.write_at(48, b), "writing the refcount table fields of the header"); !r) return r;
+        if (auto r = flush(); !r) return r;
+        header_.refcount_table_offset = offset;
+        header_.refcount_table_clusters = clusters;
+        auto n = io::size_of(file_);
+        if (!n) return n.error();
+        file_size_ = *n;
+        return {};
+    }
+
+    /**
+     * @brief Clears the incompatible feature bits in `mask` (the dirty and corrupt bits after a
+     *        successful repair): flushes, then rewrites the header and flushes. No-op when none is set.
+     * @par Errors
+     * `read_only`; `invalid_argument` when `mask` has bits other than dirty and corrupt; I/O errors.
+     * @par I/O
+     * A flush, one write of cluster 0, a flush.
+     */
+    result<void> clear_incompatible_bits(std::uint64_t mask) {
+        if (!writable_) return error{errc::read_only, "rewriting the header of an image opened read-only"};
+        if (mask & ~(features::dirty::mask | features::corrupt::mask))
+            return error{errc::invalid_argument, "only the dirty and corrupt bits can be cleared"};
+        if (!(header_.incompatible_features & mask)) return {};
+        if (auto r = flush(); !r) return r;
+        const std::uint64_t old = header_.incompatible_features;
+        header_.incompatible_features &= ~mask;
+        auto r = write_header();
+        if (!r) header_.incompatible_features = old;
+        return r;
+    }
+    /// @}
+
 private:
     basic_image(Backend file, bool writable, const Allocator& alloc)
         : file_(std::move(file)), writable_(writable), alloc_(alloc), l1_(u64_alloc(alloc)) {}
@@ -284,6 +383,7 @@ private:
     static result<basic_image> open_layer(Backend file, const open_options& opts, Resolver& resolve, const Allocator& alloc,
                                           std::size_t depth) {
         basic_image img(std::move(file), opts.writable && depth == 0, alloc);
+        img.repair_mode_ = opts.repair && img.writable_;
         if (auto r = img.load(); !r) return r.error();
         if (auto r = img.load_l1(opts); !r) return r.error();
         if (!opts.metadata_only)
@@ -464,14 +564,14 @@ private:
         if (auto r = check_incompatible(header_.incompatible_features, Features::mask(feature_class::incompatible), names_);
             !r)
             return r;
-        if (writable_ && (header_.incompatible_features & features::corrupt::mask))
+        if (writable_ && !repair_mode_ && (header_.incompatible_features & features::corrupt::mask))
             return error{errc::image_corrupt, "the corrupt bit is set; open read-only or repair the image first"};
-        if (writable_ && (header_.incompatible_features & features::dirty::mask))
+        if (writable_ && !repair_mode_ && (header_.incompatible_features & features::dirty::mask))
             return error{errc::not_supported,
-                         "the dirty bit is set (lazy refcounts); repairing refcounts on open is not built yet, open read-only"};
+                         "the dirty bit is set (lazy refcounts); repairing on open is not built: open read-only, or open with open_options::repair and run check with repair"};
         if (auto r = load_snapshots(*file_size); !r) return r;
         if (auto r = load_bitmaps(*file_size); !r) return r;
-        if (writable_) {
+        if (writable_ && !repair_mode_) {
             const std::uint64_t keep = autoclear_to_keep<Features>(header_.autoclear_features, names_);
             if (keep != header_.autoclear_features) {
                 header_.autoclear_features = keep;
@@ -549,6 +649,7 @@ private:
 
     Backend file_;
     bool writable_ = false;
+    bool repair_mode_ = false;
     [[no_unique_address]] Allocator alloc_;
     std::uint64_t file_size_ = 0;
     l2_geometry geometry_;

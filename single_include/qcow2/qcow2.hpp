@@ -4768,6 +4768,10 @@ struct open_options {
     std::size_t max_chain_depth = 128;
     /// External data file name, overriding the one recorded in the image (QEMU's data-file option).
     std::optional<std::string> data_file;
+    /// Open for `check` with repair (QEMU's BDRV_O_CHECK): a writable open then accepts an
+    /// image with the dirty or corrupt bit, and keeps every autoclear bit (repair rewrites
+    /// only refcounts and COPIED flags, which no autoclear feature depends on).
+    bool repair = false;
 };
 
 /// One run of a guest range in one layer of the chain, as `basic_image::map_range` reports it.
@@ -4804,7 +4808,8 @@ public:
      * Everything `decode_header` reports; `unknown_incompatible_feature` naming the bits (from
      * the image's feature name table when present); `image_corrupt` for a read-write open of
      * an image with the corrupt bit; `not_supported` for a read-write open of an image with the
-     * dirty bit (refcount repair is not built yet); `short_read` when the L1 table lies past the
+     * dirty bit (repairing on open is not built: open with `open_options::repair` and run
+     * `check` with repair); both are accepted with `open_options::repair`; `short_read` when the L1 table lies past the
      * end of the file; `invalid_snapshot_table`, `invalid_bitmap_directory`;
      * `backing_file_refused` and the resolver's errors, prefixed with the chain position;
      * `invalid_argument` when the chain is deeper than `max_chain_depth`; I/O errors.
@@ -4986,6 +4991,98 @@ public:
     /// Makes every completed write durable.
     result<void> flush() { return check_io(file_.flush(), "flushing the image file"); }
 
+    /// @name Metadata rewrites used by `check` with repair
+    /// Each needs a writable image, writes through to the file at once and keeps the image's
+    /// in-memory state (header, L1 table, L2 cache, file size) equal to the file.
+    /// @{
+
+    /**
+     * @brief Sets active L1 entry `index` to `value`: writes its 8 bytes, then updates the L1 table in memory.
+     * @par Errors
+     * `read_only`; `invalid_argument` for an index past the L1 table; I/O errors (memory then unchanged).
+     * @par I/O
+     * One 8-byte write (no flush).
+     */
+    result<void> write_l1_entry(std::size_t index, std::uint64_t value) {
+        if (!writable_) return error{errc::read_only, "writing an L1 entry of an image opened read-only"};
+        if (index >= l1_.size())
+            return error{errc::invalid_argument, detail::cat("L1 index ", detail::dec(index), " past the L1 table of ",
+                                                             detail::dec(l1_.size()), " entries")};
+        std::byte b[8];
+        detail::store_be64(b, 0, value);
+        if (auto r = check_io(file_.write_at(header_.l1_table_offset + index * 8, b), "writing an L1 entry"); !r) return r;
+        l1_[index] = value;
+        return {};
+    }
+
+    /**
+     * @brief Writes the L2 table `table` (one cluster) at host `offset` and drops any cached copy of it.
+     * @par Errors
+     * `read_only`; `invalid_argument` when `table` is not one cluster or `offset` is not cluster
+     * aligned; I/O errors (the cached copy is dropped whatever the outcome).
+     * @par I/O
+     * One cluster write (no flush).
+     */
+    result<void> write_l2_table(std::uint64_t offset, std::span<const std::byte> table) {
+        if (!writable_) return error{errc::read_only, "writing an L2 table of an image opened read-only"};
+        if (table.size() != cluster_size() || !detail::is_aligned(offset, cluster_size()))
+            return error{errc::invalid_argument, detail::cat("L2 table write of ", detail::dec(table.size()), " bytes at ",
+                                                             detail::hex(offset), ": not one aligned cluster")};
+        if (l2_cache_) l2_cache_->invalidate(offset);
+        return check_io(file_.write_at(offset, table), "writing an L2 table");
+    }
+
+    /**
+     * @brief Points the header at a new refcount table: flushes, writes the 12 bytes of
+     *        refcount_table_offset and refcount_table_clusters in one write, flushes.
+     *
+     * The new table and its blocks must already be written. Also refreshes the file size the
+     * image checks metadata against (the new structures may have grown the file).
+     * @par Errors
+     * `read_only`; `misaligned_offset`; I/O errors (the header in memory is updated only on success).
+     * @par I/O
+     * Two flushes around one 12-byte write at byte 48.
+     */
+    result<void> replace_refcount_table(std::uint64_t offset, std::uint32_t clusters) {
+        if (!writable_) return error{errc::read_only, "replacing the refcount table of an image opened read-only"};
+        if (!detail::is_aligned(offset, cluster_size()))
+            return error{errc::misaligned_offset, detail::cat("refcount table offset ", detail::hex(offset), " is not cluster aligned")};
+        if (auto r = flush(); !r) return r;
+        std::byte b[12];
+        detail::store_be64(b, 0, offset);
+        detail::store_be32(b, 8, clusters);
+        if (auto r = check_io(file_.write_at(48, b), "writing the refcount table fields of the header"); !r) return r;
+        if (auto r = flush(); !r) return r;
+        header_.refcount_table_offset = offset;
+        header_.refcount_table_clusters = clusters;
+        auto n = io::size_of(file_);
+        if (!n) return n.error();
+        file_size_ = *n;
+        return {};
+    }
+
+    /**
+     * @brief Clears the incompatible feature bits in `mask` (the dirty and corrupt bits after a
+     *        successful repair): flushes, then rewrites the header and flushes. No-op when none is set.
+     * @par Errors
+     * `read_only`; `invalid_argument` when `mask` has bits other than dirty and corrupt; I/O errors.
+     * @par I/O
+     * A flush, one write of cluster 0, a flush.
+     */
+    result<void> clear_incompatible_bits(std::uint64_t mask) {
+        if (!writable_) return error{errc::read_only, "rewriting the header of an image opened read-only"};
+        if (mask & ~(features::dirty::mask | features::corrupt::mask))
+            return error{errc::invalid_argument, "only the dirty and corrupt bits can be cleared"};
+        if (!(header_.incompatible_features & mask)) return {};
+        if (auto r = flush(); !r) return r;
+        const std::uint64_t old = header_.incompatible_features;
+        header_.incompatible_features &= ~mask;
+        auto r = write_header();
+        if (!r) header_.incompatible_features = old;
+        return r;
+    }
+    /// @}
+
 private:
     basic_image(Backend file, bool writable, const Allocator& alloc)
         : file_(std::move(file)), writable_(writable), alloc_(alloc), l1_(u64_alloc(alloc)) {}
@@ -4997,6 +5094,7 @@ private:
     static result<basic_image> open_layer(Backend file, const open_options& opts, Resolver& resolve, const Allocator& alloc,
                                           std::size_t depth) {
         basic_image img(std::move(file), opts.writable && depth == 0, alloc);
+        img.repair_mode_ = opts.repair && img.writable_;
         if (auto r = img.load(); !r) return r.error();
         if (auto r = img.load_l1(opts); !r) return r.error();
         if (!opts.metadata_only)
@@ -5177,14 +5275,14 @@ private:
         if (auto r = check_incompatible(header_.incompatible_features, Features::mask(feature_class::incompatible), names_);
             !r)
             return r;
-        if (writable_ && (header_.incompatible_features & features::corrupt::mask))
+        if (writable_ && !repair_mode_ && (header_.incompatible_features & features::corrupt::mask))
             return error{errc::image_corrupt, "the corrupt bit is set; open read-only or repair the image first"};
-        if (writable_ && (header_.incompatible_features & features::dirty::mask))
+        if (writable_ && !repair_mode_ && (header_.incompatible_features & features::dirty::mask))
             return error{errc::not_supported,
-                         "the dirty bit is set (lazy refcounts); repairing refcounts on open is not built yet, open read-only"};
+                         "the dirty bit is set (lazy refcounts); repairing on open is not built: open read-only, or open with open_options::repair and run check with repair"};
         if (auto r = load_snapshots(*file_size); !r) return r;
         if (auto r = load_bitmaps(*file_size); !r) return r;
-        if (writable_) {
+        if (writable_ && !repair_mode_) {
             const std::uint64_t keep = autoclear_to_keep<Features>(header_.autoclear_features, names_);
             if (keep != header_.autoclear_features) {
                 header_.autoclear_features = keep;
@@ -5262,6 +5360,7 @@ private:
 
     Backend file_;
     bool writable_ = false;
+    bool repair_mode_ = false;
     [[no_unique_address]] Allocator alloc_;
     std::uint64_t file_size_ = 0;
     l2_geometry geometry_;
@@ -5580,19 +5679,22 @@ result<void> map_extents(Image& img, Emit&& emit) {
 
 // ---- begin qcow2/ops/check.hpp ----
 /// @file
-/// @brief `check`: QEMU's consistency check of an image's refcounts (`qemu-img check`, no repair).
+/// @brief `check`: QEMU's consistency check and repair of an image's refcounts (`qemu-img check [-r leaks|all]`).
 ///
 /// Rebuilds the refcount every host cluster should have from all of the image's metadata,
 /// as QEMU's `calculate_refcounts` does, compares it with the stored refcounts
 /// (`compare_refcounts`) and checks the COPIED flags of the active tables
 /// (`check_oflag_copied`). Counts and classification are QEMU 7.2's, so the report equals
-/// what `qemu-img check --output=json` prints for the same file.
+/// what `qemu-img check --output=json` prints for the same file. With repair, the stored
+/// refcounts and COPIED flags are corrected as QEMU's `qcow2_check_refcounts` does, and
+/// broken refcount structures are rebuilt (`rebuild_refcount_structure`).
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -5604,8 +5706,8 @@ struct check_report {
     std::uint64_t check_errors = 0;        ///< internal errors (a refcount that could not be read)
     std::uint64_t corruptions = 0;         ///< stored refcount below the references, bad entries, wrong COPIED flags
     std::uint64_t leaks = 0;               ///< stored refcount above the references
-    std::uint64_t corruptions_fixed = 0;   ///< always 0 (repair is not built yet)
-    std::uint64_t leaks_fixed = 0;         ///< always 0 (repair is not built yet)
+    std::uint64_t corruptions_fixed = 0;   ///< corruptions repaired (refcounts raised, COPIED flags, rebuilt structures)
+    std::uint64_t leaks_fixed = 0;         ///< leaked clusters repaired (refcounts lowered)
     std::uint64_t image_end_offset = 0;    ///< (highest cluster with a stored or expected refcount + 1) * cluster size
     std::uint64_t total_clusters = 0;      ///< guest clusters: virtual size in clusters
     std::uint64_t allocated_clusters = 0;  ///< active L2 entries with a host cluster (data, preallocated zero, compressed)
@@ -5616,14 +5718,24 @@ struct check_report {
     constexpr int exit_code() const noexcept { return check_errors ? 1 : corruptions ? 2 : leaks ? 3 : 0; }
 };
 
+/// What `check` repairs (`qemu-img check -r`).
+enum class check_repair {
+    none,  ///< check only; the image is not modified
+    leaks, ///< lower refcounts above the references (QEMU BDRV_FIX_LEAKS)
+    all,   ///< also raise refcounts below them, fix COPIED flags, rebuild broken refcount structures (BDRV_FIX_ERRORS too)
+};
+
 /// How `check` runs.
 struct check_options {
+    /// What to repair; anything but `none` needs an image opened writable (see `open_options::repair`).
+    check_repair repair = check_repair::none;
     /// Largest in-memory refcount array accepted: `check` needs 2 bytes per host cluster of the
     /// file (4 with 32-bit refcounts, 8 with 64-bit ones); above this it fails with `errc::no_memory`.
     std::uint64_t max_memory_bytes = std::uint64_t{1} << 30;
     /// Memory for cached refcount blocks.
     std::size_t cache_bytes = std::size_t{1} << 20;
-    /// Called with each problem found, in QEMU's words ("ERROR cluster 5 refcount=0 reference=1"); may be empty.
+    /// Called with each problem found or repaired, in QEMU's words ("ERROR cluster 5 refcount=0
+    /// reference=1", "Repairing cluster 5 refcount=2 reference=1"); may be empty.
     std::function<void(std::string_view)> on_problem;
 };
 
@@ -5635,9 +5747,11 @@ public:
     using Backend = typename Image::backend_type;
 
     refcount_checker(Image& img, const check_options& opts, basic_refcount_reader<Backend>& reader, std::uint64_t file_len,
-                     std::vector<Counter>& counters)
+                     std::vector<Counter>& counters, check_repair fix)
         : img_(img), file_(img.backend()), opts_(opts), reader_(reader), h_(img.header()), file_len_(file_len),
           counters_(counters) {
+        fix_leaks_ = fix != check_repair::none;
+        fix_errors_ = fix == check_repair::all;
         cb_ = h_.cluster_bits;
         cs_ = h_.cluster_size();
         nb_ = div_round_up(file_len_, cs_);
@@ -5647,10 +5761,46 @@ public:
         l2_buf_.resize(static_cast<std::size_t>(cs_));
     }
 
+    /// QEMU `qcow2_check_refcounts`.
     result<check_report> run() {
         rep_.total_clusters = div_round_up(h_.size / 512 * 512, cs_);
         if (auto r = calculate(); !r) return r.error();
-        compare();
+        const check_report pre_compare = rep_;
+        if (auto r = compare(false, false); !r) return r.error();
+        if (rebuild_ && fix_errors_) {
+            const check_report old = rep_;
+            std::uint64_t fresh_leaks = 0;
+            problem("Rebuilding refcount structure");
+            if (auto r = rebuild_structure(); !r) {
+                ++rep_.check_errors;
+                return r.error();
+            }
+            rep_.corruptions = 0;
+            rep_.leaks = 0;
+            // The old structure is replaced: count the references again.
+            rebuild_ = false;
+            if (auto r = restart(); !r) return r.error();
+            if (auto r = calculate(); !r) return r.error();
+            // The old refcount structures are now leaked: fix that. Leaks left here were made by the rebuild.
+            const check_report saved = rep_;
+            rep_ = check_report{};
+            if (auto r = compare(true, false); !r) return r.error();
+            if (rebuild_) problem("ERROR rebuilt refcount structure is still broken");
+            fresh_leaks = rep_.leaks;
+            rep_ = saved;
+            if (rep_.corruptions < old.corruptions) rep_.corruptions_fixed += old.corruptions - rep_.corruptions;
+            if (rep_.leaks < old.leaks) rep_.leaks_fixed += old.leaks - rep_.leaks;
+            rep_.leaks += fresh_leaks;
+        } else if (fix_leaks_) {
+            if (rebuild_) {
+                problem("ERROR need to rebuild refcount structures");
+                return error{errc::image_corrupt, "the refcount structure needs a rebuild, which only a full repair does"};
+            }
+            if (rep_.leaks || rep_.corruptions) {
+                rep_ = pre_compare;
+                if (auto r = compare(fix_leaks_, fix_errors_); !r) return r.error();
+            }
+        }
         if (auto r = check_oflag_copied(); !r) return r.error();
         rep_.image_end_offset = (highest_ + 1) * cs_;
         return rep_;
@@ -5838,20 +5988,27 @@ private:
             const std::uint64_t cluster = off >> cb_;
             if (table[i] & reftable_bits::reserved) {
                 corruption(cat("ERROR refcount table entry ", dec(i), " has reserved bits set"));
+                rebuild_ = true;
                 continue;
             }
             if (off & (cs_ - 1)) {
                 corruption(cat("ERROR refcount block ", dec(i), " is not cluster aligned; refcount table entry corrupted"));
+                rebuild_ = true;
                 continue;
             }
             if (cluster >= nb_) {
+                // QEMU's repair grows the file to include the block; this one rebuilds the structure instead.
                 corruption(cat("ERROR refcount block ", dec(i), " is outside image"));
+                if (fix_errors_) rebuild_ = true;
                 continue;
             }
             if (off) {
                 inc(off, cs_);
                 const std::uint64_t rc = counters_[static_cast<std::size_t>(cluster)];
-                if (rc != 1) corruption(cat("ERROR refcount block ", dec(i), " refcount=", dec(rc)));
+                if (rc != 1) {
+                    corruption(cat("ERROR refcount block ", dec(i), " refcount=", dec(rc)));
+                    rebuild_ = true;
+                }
             }
         }
     }
@@ -5888,14 +6045,21 @@ private:
         return r;
     }
 
-    /// QEMU `compare_refcounts`, one refcount block at a time.
-    void compare() {
+    /// QEMU `compare_refcounts`, one refcount block at a time. A zero stored refcount under a
+    /// reference asks for a rebuild; other mismatches are repaired when allowed: the block is
+    /// corrected in memory and written back once (one cluster write), its cached copy dropped.
+    result<void> compare(bool fix_leaks, bool fix_errors) {
         const std::uint64_t per_block = reader_.entries_per_block();
         const unsigned order = h_.refcount_order;
+        highest_ = 0;
+        std::vector<std::byte> copy;
+        std::vector<std::uint64_t> freed;
         for (std::uint64_t start = 0; start < nb_; start += per_block) {
             const std::uint64_t end = std::min(nb_, start + per_block);
-            auto b = reader_.block(start / per_block);
+            const std::uint64_t index = start / per_block;
+            auto b = reader_.block(index);
             const bool past_end = !b && b.error().code() == make_error_code(errc::short_read);
+            bool dirty = false;
             for (std::uint64_t i = start; i < end; ++i) {
                 std::uint64_t rc1 = 0;
                 if (!b && !past_end) {
@@ -5903,32 +6067,186 @@ private:
                     problem(cat("Can't get refcount for cluster ", dec(i), ": ", b.error().message()));
                     continue;
                 }
-                if (b && !b->empty()) rc1 = get_refcount(*b, i - start, order);
+                if (b && !b->empty()) rc1 = get_refcount(dirty ? std::span<const std::byte>(copy) : *b, i - start, order);
                 const std::uint64_t rc2 = counters_[static_cast<std::size_t>(i)];
                 if (rc1 || rc2) highest_ = i;
-                if (rc1 != rc2) {
-                    if (rc1 < rc2) ++rep_.corruptions;
-                    else ++rep_.leaks;
-                    problem(cat(rc1 < rc2 ? "ERROR" : "Leaked", " cluster ", dec(i), " refcount=", dec(rc1), " reference=", dec(rc2)));
+                if (rc1 == rc2) continue;
+                std::uint64_t* fixed = nullptr;
+                if (rc1 == 0) rebuild_ = true;
+                else if (rc1 > rc2 && fix_leaks) fixed = &rep_.leaks_fixed;
+                else if (rc1 < rc2 && fix_errors) fixed = &rep_.corruptions_fixed;
+                problem(cat(fixed ? "Repairing" : rc1 < rc2 ? "ERROR" : "Leaked", " cluster ", dec(i), " refcount=", dec(rc1),
+                            " reference=", dec(rc2)));
+                if (fixed) {
+                    if (!dirty) {
+                        copy.assign(b->begin(), b->end());
+                        dirty = true;
+                    }
+                    set_refcount(copy, i - start, order, rc2);
+                    if (rc2 == 0) freed.push_back(i);
+                    ++*fixed;
+                    continue;
                 }
+                if (rc1 < rc2) ++rep_.corruptions;
+                else ++rep_.leaks;
             }
+            if (dirty) {
+                const std::uint64_t off = reader_.table()[static_cast<std::size_t>(index)] & reftable_bits::offset_mask;
+                reader_.invalidate_block(off);
+                if (auto r = check_io(file_.write_at(off, copy), "writing a repaired refcount block"); !r) {
+                    ++rep_.check_errors;
+                    return r;
+                }
+                // As QEMU (QCOW2_DISCARD_ALWAYS): the clusters freed are discarded, after their refcount is written.
+                if constexpr (io::supports_discard<Backend>)
+                    for (const std::uint64_t c : freed) (void)file_.discard(c << cb_, cs_);
+            }
+            freed.clear();
         }
+        return {};
     }
 
-    /// QEMU `check_oflag_copied` (without repair).
+    /// Starts counting references again after the refcount structure was replaced: a fresh
+    /// reader for the new table, the new file size, zeroed counters.
+    result<void> restart() {
+        auto len = io::size_of(file_);
+        if (!len) return len.error();
+        file_len_ = *len;
+        nb_ = std::max(nb_, div_round_up(file_len_, cs_));
+        auto r = basic_refcount_reader<Backend>::open(file_, h_, opts_.cache_bytes);
+        if (!r) return r.error();
+        reader_ = std::move(*r);
+        std::fill(counters_.begin(), counters_.end(), Counter{0});
+        counters_.resize(static_cast<std::size_t>(nb_ + 1), Counter{0});
+        active_l1_.clear();
+        return {};
+    }
+
+    /// QEMU `alloc_clusters_imrt`: the first run of `count` clusters without references at or
+    /// after `first_free`, growing the counted range past its end when none is free; the
+    /// run's counters are set to 1. Returns its first cluster index.
+    std::uint64_t alloc_imrt(std::uint64_t count, std::uint64_t& first_free) {
+        std::uint64_t cluster = first_free, contiguous = 0;
+        bool first_gap = true;
+        for (; cluster < nb_ && contiguous < count; ++cluster) {
+            if (!counters_[static_cast<std::size_t>(cluster)]) {
+                ++contiguous;
+                if (first_gap) {
+                    first_free = cluster;
+                    first_gap = false;
+                }
+            } else {
+                contiguous = 0;
+            }
+        }
+        if (contiguous < count) {
+            nb_ = cluster + count - contiguous;
+            counters_.resize(static_cast<std::size_t>(nb_ + 1), Counter{0});
+        }
+        cluster -= contiguous;
+        for (std::uint64_t i = 0; i < count; ++i) counters_[static_cast<std::size_t>(cluster + i)] = 1;
+        return cluster;
+    }
+
+    /// QEMU `rebuild_refcounts_write_refblocks`: writes, for every refcount block covering a
+    /// counted cluster of [first, end), a block holding the counted refcounts; blocks not yet
+    /// in `table` are placed (`alloc_imrt`) and entered. Returns true when `table` grew.
+    result<bool> write_refblocks(std::uint64_t first, std::uint64_t end, std::vector<std::uint64_t>& table) {
+        const std::uint64_t per_block = reader_.entries_per_block();
+        const unsigned order = h_.refcount_order;
+        std::uint64_t first_free = 0;
+        bool grown = false;
+        std::vector<std::byte> block(static_cast<std::size_t>(cs_));
+        for (std::uint64_t cluster = first; cluster < end; ++cluster) {
+            if (cluster >= nb_ || !counters_[static_cast<std::size_t>(cluster)]) continue;
+            const std::uint64_t index = cluster / per_block;
+            const std::uint64_t block_start = index * per_block;
+            std::uint64_t off = 0;
+            if (index < table.size() && table[static_cast<std::size_t>(index)]) {
+                off = table[static_cast<std::size_t>(index)];
+            } else {
+                // Never place a block in a range whose block is already written.
+                first_free = std::max(first_free, block_start);
+                const std::uint64_t at = alloc_imrt(1, first_free);
+                off = at << cb_;
+                if (at >= end) end = at + 1; // the block holding this block's refcount must be written too
+                if (table.size() <= index) {
+                    const std::uint64_t per_cluster = cs_ / 8;
+                    const std::uint64_t entries = (index + 1 + per_cluster - 1) / per_cluster * per_cluster;
+                    if (entries * 8 > limits::max_refcount_table_bytes)
+                        return error{errc::refcount_table_too_large, "the rebuilt refcount table would exceed 8 MiB"};
+                    table.resize(static_cast<std::size_t>(entries), 0);
+                    grown = true;
+                }
+                table[static_cast<std::size_t>(index)] = off;
+            }
+            std::fill(block.begin(), block.end(), std::byte{0});
+            for (std::uint64_t k = 0; k < per_block && block_start + k < nb_; ++k)
+                set_refcount(block, k, order, counters_[static_cast<std::size_t>(block_start + k)]);
+            if (auto r = check_io(file_.write_at(off, block), "writing a rebuilt refcount block"); !r) return r.error();
+            cluster = block_start + per_block - 1; // this block is done
+        }
+        return grown;
+    }
+
+    /**
+     * QEMU `rebuild_refcount_structure`: new refcount blocks for every counted cluster, then a
+     * new refcount table, both placed in clusters no metadata references (QEMU's first fit,
+     * so the repaired file is laid out as QEMU lays it out) and counted themselves; then the
+     * header is switched to the new table in one 12-byte write between two flushes. Until
+     * that write the old structure stays in force, so a crash leaves at worst leaked clusters.
+     */
+    result<void> rebuild_structure() {
+        std::vector<std::uint64_t> table;
+        auto grown = write_refblocks(0, nb_, table);
+        if (!grown) return grown.error();
+        std::uint64_t table_offset = 0, table_clusters = 0;
+        do {
+            std::uint64_t first_free = 0;
+            table_clusters = div_round_up(table.size() * 8, cs_);
+            table_offset = alloc_imrt(table_clusters, first_free) << cb_;
+            // The table's clusters are counted now: rewrite the blocks covering them.
+            grown = write_refblocks(table_offset >> cb_, (table_offset >> cb_) + table_clusters, table);
+            if (!grown) return grown.error();
+        } while (*grown);
+        std::vector<std::byte> raw(table.size() * 8);
+        for (std::size_t i = 0; i < table.size(); ++i) store_be64(raw, i * 8, table[i]);
+        if (auto r = check_io(file_.write_at(table_offset, raw), "writing the rebuilt refcount table"); !r) return r;
+        return img_.replace_refcount_table(table_offset, static_cast<std::uint32_t>(table_clusters));
+    }
+
+    /// QEMU `check_oflag_copied`; with errors repaired, a wrong L1 entry is rewritten at once
+    /// and an L2 table with wrong entries once, after its scan (through the image, whose
+    /// L1 table and L2 cache stay current).
     result<void> check_oflag_copied() {
+        // -r leaks repairs COPIED flags only when everything else is clean now (the refcounts are then right).
+        const bool repair = fix_errors_ || (fix_leaks_ && !rep_.check_errors && !rep_.corruptions && !rep_.leaks);
+        const char* verb = repair ? "Repairing" : "ERROR";
         for (std::size_t i = 0; i < active_l1_.size(); ++i) {
             const std::uint64_t e = active_l1_[i];
             const std::uint64_t l2 = e & l2_bits::l1_offset_mask;
             if (!l2) continue;
             auto rc = stored(l2 >> cb_);
             if (!rc) continue;
-            if ((*rc == 1) != ((e & l2_bits::copied) != 0))
-                corruption(cat("ERROR OFLAG_COPIED L2 cluster: l1_index=", dec(i), " l1_entry=", hex(e), " refcount=", dec(*rc)));
+            if ((*rc == 1) != ((e & l2_bits::copied) != 0)) {
+                problem(cat(verb, " OFLAG_COPIED L2 cluster: l1_index=", dec(i), " l1_entry=", hex(e).substr(2), " refcount=", dec(*rc)));
+                if (repair) {
+                    const std::uint64_t fixed = *rc == 1 ? e | l2_bits::copied : e & ~l2_bits::copied;
+                    if (auto r = img_.write_l1_entry(i, fixed); !r) {
+                        ++rep_.check_errors;
+                        return r;
+                    }
+                    active_l1_[i] = fixed;
+                    ++rep_.corruptions_fixed;
+                } else {
+                    ++rep_.corruptions;
+                }
+            }
             if (auto r = read_l2(l2); !r) {
                 ++rep_.check_errors;
                 return r;
             }
+            bool dirty = false;
             for (std::size_t j = 0; j < l2_entries(); ++j) {
                 const std::uint64_t le = l2_entry(j);
                 const type t = classify_entry(le);
@@ -5939,9 +6257,22 @@ private:
                     if (!s) continue;
                     refcount = *s;
                 }
-                if ((refcount == 1) != ((le & l2_bits::copied) != 0))
-                    corruption(cat("ERROR OFLAG_COPIED data cluster: l2_entry=", hex(le), " refcount=", dec(refcount)));
+                if ((refcount == 1) != ((le & l2_bits::copied) != 0)) {
+                    problem(cat(verb, " OFLAG_COPIED data cluster: l2_entry=", hex(le).substr(2), " refcount=", dec(refcount)));
+                    if (repair) {
+                        store_be64(l2_buf_, j * (extended_ ? 16 : 8), refcount == 1 ? le | l2_bits::copied : le & ~l2_bits::copied);
+                        dirty = true;
+                        ++rep_.corruptions_fixed;
+                    } else {
+                        ++rep_.corruptions;
+                    }
+                }
             }
+            if (dirty)
+                if (auto r = img_.write_l2_table(l2, l2_buf_); !r) {
+                    ++rep_.check_errors;
+                    return r;
+                }
         }
         return {};
     }
@@ -5960,6 +6291,9 @@ private:
     std::uint64_t highest_ = 0;
     bool external_ = false;
     bool extended_ = false;
+    bool fix_leaks_ = false;
+    bool fix_errors_ = false;
+    bool rebuild_ = false; ///< QEMU's `rebuild`: the refcount structure must be rebuilt
     std::vector<std::byte> l2_buf_;
     std::vector<std::uint64_t> active_l1_;
     check_report rep_;
@@ -5967,7 +6301,7 @@ private:
 
 template <class Counter, class Image>
 result<check_report> run_check(Image& img, const check_options& opts, basic_refcount_reader<typename Image::backend_type>& reader,
-                               std::uint64_t file_len, std::uint64_t nb_clusters) {
+                               std::uint64_t file_len, std::uint64_t nb_clusters, check_repair fix) {
     // One spare counter: a reference may end less than one cluster past the end of the file.
     const std::uint64_t count = nb_clusters + 1;
     if (count > opts.max_memory_bytes / sizeof(Counter))
@@ -5984,53 +6318,101 @@ result<check_report> run_check(Image& img, const check_options& opts, basic_refc
         return error{errc::no_memory, cat("allocating ", dec(count * sizeof(Counter)), " bytes of refcounts")};
     }
 #endif
-    refcount_checker<Image, Counter> c(img, opts, reader, file_len, counters);
+    refcount_checker<Image, Counter> c(img, opts, reader, file_len, counters, fix);
     return c.run();
+}
+
+/// One pass of QEMU's `qcow2_check_refcounts` with repair `fix`.
+template <class Image>
+result<check_report> check_pass(Image& img, const check_options& opts, check_repair fix) {
+    auto len = io::size_of(img.backend());
+    if (!len) return len.error();
+    const std::uint64_t cs = img.cluster_size();
+    const std::uint64_t nb = div_round_up(*len, cs);
+    if (nb > 0x7FFFFFFFull)
+        return error{errc::file_too_large, cat("the image file has ", dec(nb), " clusters, more than QEMU checks (2^31 - 1)")};
+    auto reader = basic_refcount_reader<typename Image::backend_type>::open(img.backend(), img.header(), opts.cache_bytes);
+    if (!reader) return reader.error();
+    const unsigned order = img.header().refcount_order;
+    if (order <= 4) return run_check<std::uint16_t>(img, opts, *reader, *len, nb, fix);
+    if (order == 5) return run_check<std::uint32_t>(img, opts, *reader, *len, nb, fix);
+    return run_check<std::uint64_t>(img, opts, *reader, *len, nb, fix);
 }
 
 } // namespace detail
 
 /**
- * @brief Checks the refcounts of `img` as `qemu-img check` does (without repair).
+ * @brief Checks, and with `opts.repair` repairs, the refcounts of `img` as `qemu-img check [-r leaks|all]` does.
  *
  * Rebuilds the expected refcount of every host cluster from all metadata (header, active
  * and snapshot L1 tables, every L2 table once per referencing L1 entry, data and compressed
  * clusters, the snapshot table, the refcount table and blocks, the bitmap directory, tables
  * and data, the LUKS header), compares it with the stored refcounts and checks the COPIED
  * flags of the active L1 and L2 entries. Problems are counted in the report (and passed to
- * `opts.on_problem`), not returned as errors. The image is not modified.
+ * `opts.on_problem`), not returned as errors.
+ *
+ * @par Repair
+ * `check_repair::none` does not modify the image. `leaks` lowers every stored refcount above
+ * its references to the references (a leaked cluster gets 0); `all` also raises refcounts
+ * below them, sets the COPIED flag of active L1 and L2 entries exactly when the refcount is
+ * 1, and, when the refcount structure itself is broken (a referenced cluster under a missing
+ * block or with refcount 0, a block that is unaligned, outside the file, has reserved bits or
+ * a refcount other than 1), writes a new refcount structure as QEMU's
+ * `rebuild_refcount_structure` does and then frees the old one. As `qemu-img check -r`, when
+ * anything was fixed the image is checked again, and the report holds that second check's
+ * counts plus the first pass's `corruptions_fixed` and `leaks_fixed`. When the repair pass
+ * leaves no corruption and no check error, the dirty and corrupt bits are cleared. `leaks`
+ * on an image whose structure needs a rebuild fails with `image_corrupt` and changes nothing
+ * (QEMU then still clears the dirty bit when it closes the image; this does not).
+ * Not repaired (QEMU repairs them): a refcount block outside the file is not appended to
+ * the file (the structure is rebuilt instead, with the same counts), unaligned preallocated
+ * zero clusters are not turned into plain zero clusters, freed clusters are not discarded.
+ * @par Write order
+ * Each write keeps the image consistent: lowering a refcount or raising one only ever
+ * leaks; a rebuilt structure lives in clusters nothing references until the header is
+ * switched to it (flush, one 12-byte header write, flush); COPIED flags follow the
+ * refcounts already written. The image is flushed before the report is returned. The image's
+ * header, L1 table and L2 cache are updated through its own members, so it stays usable.
  *
  * @par Memory
  * One counter per host cluster of the file plus one: 2 bytes each for refcount widths up
  * to 16 bits, 4 for 32 and 8 for 64 (QEMU keeps the same array); refused above
- * `opts.max_memory_bytes`. Plus one cluster for L2 tables, the largest L1 table actually
- * in the file (at most 32 MiB), one bitmap table at a time (at most 8 MiB), the refcount
- * table (at most 8 MiB) and `opts.cache_bytes` of refcount blocks.
+ * `opts.max_memory_bytes` (a rebuild may grow it by the clusters of the new structure).
+ * Plus one cluster for L2 tables, the largest L1 table actually in the file (at most
+ * 32 MiB), one bitmap table at a time (at most 8 MiB), the refcount table (at most 8 MiB,
+ * twice during a rebuild) and `opts.cache_bytes` of refcount blocks.
  * @par I/O
  * Reads every L1 table, every L2 table (active ones twice), the bitmap tables, the
- * refcount table and every refcount block (through the cache).
+ * refcount table and every refcount block (through the cache); a repair reads it all again
+ * (up to three times after a rebuild) and writes each corrected refcount block, L1 entry and
+ * L2 table once.
  * @par Errors
- * Only when the check cannot complete (QEMU's "Check failed"): `file_too_large` when the
- * file has more than 2^31 - 1 clusters, `no_memory`, `invalid_bitmap_directory` for a
- * bitmap table QEMU would refuse to load, the refcount table's errors
- * (`basic_refcount_reader::open`), I/O errors.
+ * Only when the check cannot complete (QEMU's "Check failed"): `image_corrupt` for a
+ * `leaks` repair of an image whose refcount structure needs a rebuild; `read_only` for a repair of
+ * an image opened read-only; `file_too_large` when the file has more than 2^31 - 1 clusters,
+ * `no_memory`, `invalid_bitmap_directory` for a bitmap table QEMU would refuse to load, the
+ * refcount table's errors (`basic_refcount_reader::open`), `refcount_table_too_large` when a
+ * rebuilt table would exceed 8 MiB, I/O errors. After a failed repair the image may hold
+ * leaked clusters but no new corruption.
  */
 template <class Image>
 result<check_report> check(Image& img, const check_options& opts = {}) {
-    using detail::cat;
-    using detail::dec;
-    auto len = io::size_of(img.backend());
-    if (!len) return len.error();
-    const std::uint64_t cs = img.cluster_size();
-    const std::uint64_t nb = detail::div_round_up(*len, cs);
-    if (nb > 0x7FFFFFFFull)
-        return error{errc::file_too_large, cat("the image file has ", dec(nb), " clusters, more than QEMU checks (2^31 - 1)")};
-    auto reader = basic_refcount_reader<typename Image::backend_type>::open(img.backend(), img.header(), opts.cache_bytes);
-    if (!reader) return reader.error();
-    const unsigned order = img.header().refcount_order;
-    if (order <= 4) return detail::run_check<std::uint16_t>(img, opts, *reader, *len, nb);
-    if (order == 5) return detail::run_check<std::uint32_t>(img, opts, *reader, *len, nb);
-    return detail::run_check<std::uint64_t>(img, opts, *reader, *len, nb);
+    if (opts.repair == check_repair::none) return detail::check_pass(img, opts, check_repair::none);
+    if (img.read_only()) return error{errc::read_only, "repairing an image opened read-only"};
+    auto first = detail::check_pass(img, opts, opts.repair);
+    if (!first) return first;
+    if (auto r = img.flush(); !r) return r.error();
+    check_report rep = *first;
+    if (first->corruptions_fixed || first->leaks_fixed) {
+        auto again = detail::check_pass(img, opts, check_repair::none);
+        if (!again) return again;
+        rep = *again;
+        rep.corruptions_fixed = first->corruptions_fixed;
+        rep.leaks_fixed = first->leaks_fixed;
+    }
+    if (first->check_errors == 0 && first->corruptions == 0)
+        if (auto r = img.clear_incompatible_bits(features::dirty::mask | features::corrupt::mask); !r) return r.error();
+    return rep;
 }
 
 } // namespace qcow2
