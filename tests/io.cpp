@@ -3,6 +3,7 @@
 #include "qcow2/io/posix_file.hpp"
 #include "support/counting_allocator.hpp"
 #include "support/fault_backend.hpp"
+#include "support/process.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -102,29 +103,7 @@ std::uint64_t file_size(const B& b) {
     return n;
 }
 
-/// A fresh directory under $TMPDIR (or /tmp), removed with everything in it afterwards.
-class temp_dir {
-public:
-    explicit temp_dir(const char* base = nullptr) {
-        if (!base) base = std::getenv("TMPDIR");
-        if (!base || !*base) base = "/tmp";
-        std::string t = std::string(base) + "/qcow2-io-XXXXXX";
-        if (::mkdtemp(t.data())) path_ = t;
-    }
-    temp_dir(const temp_dir&) = delete;
-    temp_dir& operator=(const temp_dir&) = delete;
-    ~temp_dir() {
-        if (path_.empty()) return;
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    bool ok() const { return !path_.empty(); }
-    const std::string& path() const { return path_; }
-    std::string file(const std::string& name) const { return path_ + "/" + name; }
-
-private:
-    std::string path_;
-};
+using qcow2_test::temp_dir;
 
 io::posix_file open_file(const std::string& path, io::open_mode mode) {
     auto r = io::posix_file::open(path, mode);
@@ -153,11 +132,10 @@ bool writable_dir(const char* dir) {
 
 struct posix_fixture {
     using backend_type = io::posix_file;
-    explicit posix_fixture(const char* base = nullptr) : dir(base) {}
+    explicit posix_fixture(const char* base = nullptr) : dir("qcow2-io-", base) {}
     temp_dir dir;
-    std::string path = dir.file("conformance.img");
+    std::string path = (dir / "conformance.img");
     backend_type make() {
-        REQUIRE(dir.ok());
         return open_file(path, io::open_mode::create);
     }
     backend_type read_only(backend_type b) {
@@ -558,9 +536,8 @@ TEST_CASE("memory: failing the N-th allocation of a workload, for every N", "[io
 // posix_file
 
 TEST_CASE("posix_file: open modes and errors", "[io]") {
-    temp_dir dir;
-    REQUIRE(dir.ok());
-    const std::string missing = dir.file("does-not-exist.img");
+    temp_dir dir("qcow2-io-");
+    const std::string missing = (dir / "does-not-exist.img");
 
     auto r = io::posix_file::open(missing, io::open_mode::read_only);
     REQUIRE_FALSE(r);
@@ -569,7 +546,7 @@ TEST_CASE("posix_file: open modes and errors", "[io]") {
     CHECK(r.error().what().find(missing) != std::string::npos);
     CHECK_FALSE(io::posix_file::open(missing, io::open_mode::read_write));
 
-    const std::string p = dir.file("a.img");
+    const std::string p = (dir / "a.img");
     {
         auto f = open_file(p, io::open_mode::create_new);
         CHECK(f.is_open());
@@ -608,9 +585,8 @@ TEST_CASE("posix_file: open modes and errors", "[io]") {
 }
 
 TEST_CASE("posix_file: moving and closing", "[io]") {
-    temp_dir dir;
-    REQUIRE(dir.ok());
-    auto f = open_file(dir.file("m.img"), io::open_mode::create);
+    temp_dir dir("qcow2-io-");
+    auto f = open_file((dir / "m.img"), io::open_mode::create);
     REQUIRE(f.write_at(0, pattern(10)) == no_error);
     const int fd = f.native_handle();
     io::posix_file g(std::move(f));
@@ -633,9 +609,8 @@ TEST_CASE("posix_file: moving and closing", "[io]") {
 }
 
 TEST_CASE("posix_file: block_status reports data and holes", "[io]") {
-    temp_dir dir;
-    REQUIRE(dir.ok());
-    auto f = open_file(dir.file("sparse.img"), io::open_mode::create);
+    temp_dir dir("qcow2-io-");
+    auto f = open_file((dir / "sparse.img"), io::open_mode::create);
     REQUIRE(f.resize(4 * mib) == no_error);
     REQUIRE(f.write_at(1 * mib, pattern(64 * kib)) == no_error);
     REQUIRE(f.flush() == no_error);
@@ -701,9 +676,8 @@ TEST_CASE("posix_file: block_status reports data and holes", "[io]") {
 }
 
 TEST_CASE("posix_file: a fully written file is one data extent", "[io]") {
-    temp_dir dir;
-    REQUIRE(dir.ok());
-    auto f = open_file(dir.file("dense.img"), io::open_mode::create);
+    temp_dir dir("qcow2-io-");
+    auto f = open_file((dir / "dense.img"), io::open_mode::create);
     REQUIRE(f.write_at(0, pattern(256 * kib)) == no_error);
     io::extent_status st;
     REQUIRE(f.block_status(0, 1ull << 40, st) == no_error);
@@ -715,14 +689,13 @@ TEST_CASE("posix_file: a fully written file is one data extent", "[io]") {
 }
 
 TEST_CASE("posix_file: copy_range_to", "[io]") {
-    temp_dir dir;
-    REQUIRE(dir.ok());
+    temp_dir dir("qcow2-io-");
     const auto src_bytes = pattern(3 * mib + 123, 21);
-    auto src = open_file(dir.file("src.img"), io::open_mode::create);
+    auto src = open_file((dir / "src.img"), io::open_mode::create);
     REQUIRE(src.write_at(0, src_bytes) == no_error);
 
     SECTION("between two files, at offsets") {
-        auto dst = open_file(dir.file("dst.img"), io::open_mode::create);
+        auto dst = open_file((dir / "dst.img"), io::open_mode::create);
         const std::uint64_t len = 2 * mib + 17;
         REQUIRE(src.copy_range_to(100, dst, 5000, len) == no_error);
         CHECK(file_size(dst) == 5000 + len);
@@ -734,21 +707,21 @@ TEST_CASE("posix_file: copy_range_to", "[io]") {
     }
 
     SECTION("past the end of the source") {
-        auto dst = open_file(dir.file("dst.img"), io::open_mode::create);
+        auto dst = open_file((dir / "dst.img"), io::open_mode::create);
         CHECK(src.copy_range_to(3 * mib, dst, 0, mib) == errc::short_read);
         CHECK(src.copy_range_to(std::numeric_limits<std::uint64_t>::max() - 5, dst, 0, 10) == errc::short_read);
     }
 
     SECTION("into a read-only file") {
         {
-            auto w = open_file(dir.file("ro.img"), io::open_mode::create);
+            auto w = open_file((dir / "ro.img"), io::open_mode::create);
             REQUIRE(w.write_at(0, pattern(10)) == no_error);
         }
-        auto ro = open_file(dir.file("ro.img"), io::open_mode::read_only);
+        auto ro = open_file((dir / "ro.img"), io::open_mode::read_only);
         CHECK(src.copy_range_to(0, ro, 0, 10) == errc::read_only);
         CHECK(mismatch(contents(ro), pattern(10)) == "");
         // A read-only file can still be the source.
-        auto dst = open_file(dir.file("dst.img"), io::open_mode::create);
+        auto dst = open_file((dir / "dst.img"), io::open_mode::create);
         REQUIRE(ro.copy_range_to(2, dst, 0, 8) == no_error);
         const auto ten = pattern(10);
         CHECK(mismatch(contents(dst), std::span(ten).subspan(2)) == "");
@@ -777,16 +750,15 @@ TEST_CASE("posix_file: copy_range_to", "[io]") {
             WARN("no writable /dev/shm; cross-filesystem copy not tested");
             return;
         }
-        temp_dir other("/dev/shm");
-        REQUIRE(other.ok());
-        auto dst = open_file(other.file("dst.img"), io::open_mode::create);
+        temp_dir other("qcow2-io-", "/dev/shm");
+        auto dst = open_file((other / "dst.img"), io::open_mode::create);
         REQUIRE(src.copy_range_to(7, dst, 3, 3 * mib) == no_error);
         const auto all = contents(dst);
         REQUIRE(all.size() == 3 + 3 * mib);
         CHECK(all_zero(std::span(all).first(3)));
         CHECK(mismatch(std::span(all).subspan(3), std::span(src_bytes).subspan(7, 3 * mib)) == "");
         // And back again.
-        auto back = open_file(dir.file("back.img"), io::open_mode::create);
+        auto back = open_file((dir / "back.img"), io::open_mode::create);
         REQUIRE(dst.copy_range_to(3, back, 0, 3 * mib) == no_error);
         CHECK(mismatch(contents(back), std::span(src_bytes).subspan(7, 3 * mib)) == "");
     }
@@ -888,14 +860,13 @@ TEST_CASE("fault_backend: faults by kind, by any kind, and once", "[io]") {
 }
 
 TEST_CASE("fault_backend: forwards posix_file's capabilities", "[io]") {
-    temp_dir dir;
-    REQUIRE(dir.ok());
-    fault_backend<io::posix_file> f{open_file(dir.file("f.img"), io::open_mode::create)};
+    temp_dir dir("qcow2-io-");
+    fault_backend<io::posix_file> f{open_file((dir / "f.img"), io::open_mode::create)};
     REQUIRE(f.write_at(0, pattern(8192)) == no_error);
     io::extent_status st;
     REQUIRE(f.block_status(0, 8192, st) == no_error);
     CHECK(st.data);
-    auto dst = open_file(dir.file("g.img"), io::open_mode::create);
+    auto dst = open_file((dir / "g.img"), io::open_mode::create);
     REQUIRE(f.copy_range_to(0, dst, 0, 8192) == no_error);
     CHECK(mismatch(contents(dst), pattern(8192)) == "");
     f.fail_nth(fault_op::copy_range, 1);

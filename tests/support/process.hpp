@@ -193,9 +193,10 @@ inline std::optional<std::string> find_program(const std::string& name) {
 /// QCOW2_KEEP_TEST_FILES is set in the environment (then its path is printed instead).
 class temp_dir {
 public:
-    /// Creates `$TMPDIR/<prefix>XXXXXX` (or under /tmp); throws std::system_error on failure.
-    explicit temp_dir(const std::string& prefix = "qcow2-test-") {
-        const char* tmp = std::getenv("TMPDIR");
+    /// Creates `<base>/<prefix>XXXXXX`, where base defaults to $TMPDIR (or /tmp); throws
+    /// std::system_error on failure.
+    explicit temp_dir(const std::string& prefix = "qcow2-test-", const char* base_dir = nullptr) {
+        const char* tmp = base_dir ? base_dir : std::getenv("TMPDIR");
         std::string base = tmp && *tmp ? tmp : "/tmp";
         while (base.size() > 1 && base.back() == '/') base.pop_back();
         std::string tmpl = base + "/" + prefix + "XXXXXX";
