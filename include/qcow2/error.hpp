@@ -59,6 +59,9 @@ enum class errc : int {
     // compressed clusters
     invalid_compressed_data,      ///< a compressed cluster is corrupt, ends early or does not make exactly one cluster
     not_compressible,             ///< data does not shrink into the space allowed when compressed (store it plain)
+    // writing
+    refcount_overflow,            ///< a refcount would exceed the largest value its width holds
+    metadata_overlap,             ///< a write would overwrite metadata (the image is then marked corrupt)
 };
 
 namespace detail {
@@ -102,6 +105,8 @@ inline constexpr std::string_view errc_text(errc e) noexcept {
     case errc::invalid_bitmap_directory: return "invalid bitmap directory";
     case errc::invalid_compressed_data: return "invalid compressed data";
     case errc::not_compressible: return "data does not shrink when compressed";
+    case errc::refcount_overflow: return "refcount overflow";
+    case errc::metadata_overlap: return "write would overwrite metadata";
     case errc::backing_file_refused: return "backing or data file refused";
     }
     return "unknown qcow2 error";

@@ -9,6 +9,7 @@
 /// name table does not name it), exactly as QEMU clears autoclear bits it does not know.
 #pragma once
 
+#include "qcow2/all_zero.hpp"
 #include "qcow2/backing.hpp"
 #include "qcow2/codec/dispatch.hpp"
 #include "qcow2/config.hpp"
@@ -21,10 +22,12 @@
 #include "qcow2/format/l2_entry.hpp"
 #include "qcow2/format/snapshot.hpp"
 #include "qcow2/io/backend.hpp"
+#include "qcow2/metadata/refcounts.hpp"
 #include "qcow2/metadata/table_cache.hpp"
 #include "qcow2/result.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -32,6 +35,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -61,6 +65,36 @@ struct open_options {
     /// image with the dirty or corrupt bit, and keeps every autoclear bit (repair rewrites
     /// only refcounts and COPIED flags, which no autoclear feature depends on).
     bool repair = false;
+};
+
+/// What `basic_image::write_zeroes` does with host clusters of whole zeroed clusters.
+enum class zero_mode {
+    keep_allocation, ///< a cluster this image owns alone keeps its host cluster (QEMU's default)
+    unmap,           ///< free host clusters (QEMU's BDRV_REQ_MAY_UNMAP, `qemu-io write -z -u`)
+};
+
+/// Preallocation modes of `basic_image::create` (qemu-img's `preallocation` option).
+enum class preallocation {
+    off,      ///< only the header, refcount structures and the L1 table
+    metadata, ///< every L2 table, every guest cluster mapped to a host cluster (the file stays sparse)
+    falloc,   ///< metadata, and the data clusters reserved in the file (fallocate)
+    full,     ///< metadata, and the data clusters written with zeroes
+};
+
+/// The options of `basic_image::create`, with qemu-img's defaults (`qemu-img create -f qcow2 -o ...`).
+struct create_options {
+    std::uint64_t size = 0;                      ///< virtual size in bytes; rounded up to a multiple of 512
+    unsigned version = 3;                        ///< 2 (compat=0.10) or 3 (compat=1.1)
+    std::uint64_t cluster_size = 65536;          ///< a power of two from 512 to 2 MiB
+    unsigned refcount_bits = 16;                 ///< 1, 2, 4, 8, 16, 32 or 64 (version 2: 16)
+    bool extended_l2 = false;                    ///< 32 subclusters per cluster (version 3, clusters of 16 KiB or more)
+    compression compression_type = compression::zlib; ///< what compressed writes use (zstd: version 3)
+    bool lazy_refcounts = false;                 ///< defer refcount ordering, protected by the dirty bit (version 3)
+    preallocation prealloc = preallocation::off; ///< with a backing file only together with extended_l2
+    std::string backing_file;                    ///< the backing file name as stored (empty: none)
+    std::string backing_format;                  ///< its format name, stored in the header (empty: none)
+    std::string data_file;                       ///< an external data file name (version 3; empty: none)
+    bool data_file_raw = false;                  ///< the data file is kept a valid raw image (no backing file)
 };
 
 /// One run of a guest range in one layer of the chain, as `basic_image::map_range` reports it.
@@ -115,7 +149,14 @@ public:
     }
 
     basic_image(basic_image&&) noexcept = default;
-    basic_image& operator=(basic_image&&) noexcept = default;
+    /// Closes this image (as the destructor does), then takes `o`'s place.
+    basic_image& operator=(basic_image&& o) noexcept {
+        if (this != &o) {
+            std::destroy_at(this);
+            std::construct_at(this, std::move(o));
+        }
+        return *this;
+    }
 
     /// The decoded header.
     const qcow2::header& header() const noexcept { return header_; }
@@ -277,8 +318,178 @@ public:
         return {};
     }
 
-    /// Makes every completed write durable.
-    result<void> flush() { return check_io(file_.flush(), "flushing the image file"); }
+    /**
+     * @brief Creates a new image in `file` and opens it for writing.
+     *
+     * `file` is truncated first. The layout is QEMU's: the header in cluster 0, the
+     * refcount table from cluster 1, the refcount blocks, then the L1 table; with
+     * preallocation, every L2 table and then the data clusters in guest order. A version 3
+     * image gets a feature name table (when it fits in cluster 0 with the backing file name:
+     * every known bit, else only the all-zero bit) and the all-zero bit, unless it has an
+     * external data file. The backing file and the data file are opened through `resolve`
+     * (the data file with write access: it is truncated and, with preallocation, sized).
+     * @return the image, wrapped in the proof that it reads as zero (see `zeroed`).
+     * @par Errors
+     * `invalid_argument` for options QEMU refuses (the message names the option); `image_too_large`
+     * when the L1 table would exceed 32 MiB; the resolver's errors; I/O errors; then those of `open`.
+     * @par I/O
+     * Writes the metadata in a few large sequential writes (with preallocation: every L2
+     * table and refcount block), flushes, then opens the image.
+     */
+    template <class Resolver = deny_files>
+        requires file_resolver<std::remove_cvref_t<Resolver>, Backend>
+    static result<zeroed<basic_image>> create(Backend file, const create_options& o, Resolver&& resolve = {},
+                                              open_options opts = {}, const Allocator& alloc = Allocator()) {
+        auto h = plan_create(o);
+        if (!h) return h.error();
+        std::optional<Backend> data;
+        if (!o.data_file.empty()) {
+            result<Backend> f = resolve(file_request{o.data_file, file_role::data_file, 0, true});
+            if (!f) return error(f.error().code(), detail::cat("opening the data file '", o.data_file, "': ", f.error().message()));
+            data.emplace(std::move(*f));
+        }
+        if (auto r = write_new_image(file, data ? &*data : nullptr, *h, o, alloc); !r) return r.error();
+        data.reset();
+        opts.writable = true;
+        opts.repair = false;
+        auto img = open(std::move(file), opts, resolve, alloc);
+        if (!img) return img.error();
+        return zeroed<basic_image>(std::move(*img));
+    }
+
+    /// @name Guest writes
+    /// Every write needs an image opened with `open_options::writable`, whose corrupt bit is
+    /// clear, that is not encrypted, and a range inside the virtual size; otherwise it fails
+    /// with `read_only`, `image_corrupt`, `unsupported_encryption` or `invalid_argument` and
+    /// changes nothing. Metadata changes are kept in the caches and written by `flush` (or
+    /// when the caches fill) in an order that keeps the image consistent at every step:
+    /// refcount increases, flush, L2 tables, flush, L1 entries, flush, refcount decreases.
+    /// A crash between flushes may leak clusters but never leaves a cluster referenced
+    /// with a refcount below its references. Every write is checked against the image's
+    /// metadata first (QEMU's overlap check): a hit marks the image corrupt and fails with
+    /// `metadata_overlap` instead of overwriting it. After a metadata write fails, the image
+    /// refuses every further modification with the first error (its state in memory may be
+    /// ahead of the file); reopen it.
+    /// @{
+
+    /**
+     * @brief Writes `data` at guest `offset` (any byte offset and length).
+     *
+     * Clusters whose L2 entry says COPIED are written in place; every other cluster
+     * (unallocated, zero, compressed, shared with a snapshot) gets a new host cluster, filled
+     * around the new bytes with what the cluster read before (from this image or the backing
+     * chain): whole clusters, or with extended L2 entries only the subclusters written, plus
+     * those that held data. The all-zero bit is cleared (header written and flushed) first.
+     * @par I/O
+     * One write per run of contiguous host clusters; partial clusters are read and written
+     * whole; allocation reads refcount blocks through their cache.
+     */
+    result<void> write(std::uint64_t offset, std::span<const std::byte> data) {
+        if (auto r = begin_modify(offset, data.size(), true); !r) return r;
+        return guarded(write_guest(offset, data));
+    }
+
+    /**
+     * @brief Makes `[offset, offset + length)` read as zeroes.
+     *
+     * Whole clusters become zero clusters (version 3) or zero subclusters (extended L2);
+     * with `zero_mode::keep_allocation` a cluster this image owns alone keeps its host cluster
+     * (preallocated zero), otherwise host clusters are freed. Parts of clusters that do not
+     * already read as zero are written with zeroes. A version 2 image (no zero clusters)
+     * frees clusters when there is no backing file and writes zeroes otherwise. Keeps the
+     * all-zero bit. With a raw external data file the data file gets the zeroes too.
+     */
+    result<void> write_zeroes(std::uint64_t offset, std::uint64_t length, zero_mode mode = zero_mode::keep_allocation) {
+        if (auto r = begin_modify(offset, length, false); !r) return r;
+        return guarded(zero_range(offset, offset + length, mode == zero_mode::unmap ? op::zero_unmap : op::zero_keep));
+    }
+
+    /**
+     * @brief Discards the whole clusters inside `[offset, offset + length)` and frees their
+     *        host clusters, as QEMU does (parts of clusters are left alone; the last cluster of
+     *        a disk whose size is not a multiple of the cluster size counts as whole when the
+     *        range reaches the end of the disk).
+     *
+     * A discarded cluster reads as zero, except in a version 2 image with a backing file,
+     * where it reads from the backing file again. Freed host clusters are punched out of
+     * the file when the backend can discard. Keeps the all-zero bit.
+     */
+    result<void> discard(std::uint64_t offset, std::uint64_t length) {
+        if (auto r = begin_modify(offset, length, false); !r) return r;
+        return guarded(zero_range(offset, offset + length, op::discard));
+    }
+
+    /**
+     * @brief Writes one compressed cluster at cluster-aligned guest `offset`.
+     *
+     * `data` is one cluster, or the rest of the disk for its last cluster (padded with
+     * zeroes). Data that does not shrink is written as a plain cluster. zlib streams use
+     * window bits -12 so that QEMU reads them. Compressed clusters are packed one after
+     * another at byte granularity, as QEMU packs them.
+     * @par Errors
+     * Also `not_supported` for an image with an external data file, `unsupported_compression`
+     * when the image's codec is not compiled in, `misaligned_offset`, `invalid_argument` for
+     * a length other than one cluster (or the rest of the disk).
+     */
+    result<void> write_compressed(std::uint64_t offset, std::span<const std::byte> data) {
+        if (auto r = begin_modify(offset, data.size(), true); !r) return r;
+        return guarded(write_compressed_cluster(offset, data));
+    }
+
+    /**
+     * @brief Changes the virtual size (a multiple of 512).
+     *
+     * Growing may move the L1 table (the new table is written and flushed before the header
+     * points at it); the new range reads as zero (zero clusters hide a longer backing file,
+     * and the rest of a partial last cluster is zeroed). Shrinking frees every cluster past
+     * the new size and truncates the file after the last cluster in use; it is refused for
+     * images with internal snapshots. Keeps the all-zero bit. The new size is durable when
+     * the call returns.
+     * @par Errors
+     * `invalid_argument` for a size that is not a multiple of 512; `image_too_large` when the
+     * L1 table would exceed 32 MiB; `not_supported` for shrinking with snapshots.
+     */
+    result<void> resize(std::uint64_t new_size) {
+        if (auto r = begin_modify(0, 0, false); !r) return r;
+        return guarded(resize_impl(new_size));
+    }
+
+    /**
+     * @brief Writes every change kept in the caches, in the consistent order, and makes all
+     *        completed writes durable (the image file and the data file).
+     * @par I/O
+     * Up to three flushes between the metadata writes, then one per file.
+     */
+    result<void> flush() {
+        if (w_) {
+            if (w_->failed) return *w_->failed;
+            if (auto r = guarded(commit(true)); !r) return r;
+        }
+        if (data_file_ && writable_)
+            if (auto r = check_io(data_file_->flush(), "flushing the data file"); !r) return r;
+        return check_io(file_.flush(), "flushing the image file");
+    }
+
+    /**
+     * @brief Flushes, and clears the dirty bit set for lazy refcounts. The image stays
+     *        usable (a later write sets the dirty bit again). The destructor calls it for
+     *        an image opened for writing, ignoring errors: call it to see them.
+     */
+    result<void> close() {
+        if (!writable_) return {};
+        if (auto r = flush(); !r) return r;
+        if (w_ && w_->marked_dirty) {
+            if (auto r = clear_incompatible_bits(features::dirty::mask); !r) return r;
+            w_->marked_dirty = false;
+        }
+        return {};
+    }
+
+    ~basic_image() {
+        if (w_) (void)close();
+    }
+    /// @}
+
 
     /// @name Metadata rewrites used by `check` with repair
     /// Each needs a writable image, writes through to the file at once and keeps the image's
@@ -294,6 +505,7 @@ public:
      */
     result<void> write_l1_entry(std::size_t index, std::uint64_t value) {
         if (!writable_) return error{errc::read_only, "writing an L1 entry of an image opened read-only"};
+        if (auto r = retire_writer(); !r) return r;
         if (index >= l1_.size())
             return error{errc::invalid_argument, detail::cat("L1 index ", detail::dec(index), " past the L1 table of ",
                                                              detail::dec(l1_.size()), " entries")};
@@ -314,6 +526,7 @@ public:
      */
     result<void> write_l2_table(std::uint64_t offset, std::span<const std::byte> table) {
         if (!writable_) return error{errc::read_only, "writing an L2 table of an image opened read-only"};
+        if (auto r = retire_writer(); !r) return r;
         if (table.size() != cluster_size() || !detail::is_aligned(offset, cluster_size()))
             return error{errc::invalid_argument, detail::cat("L2 table write of ", detail::dec(table.size()), " bytes at ",
                                                              detail::hex(offset), ": not one aligned cluster")};
@@ -334,6 +547,7 @@ public:
      */
     result<void> replace_refcount_table(std::uint64_t offset, std::uint32_t clusters) {
         if (!writable_) return error{errc::read_only, "replacing the refcount table of an image opened read-only"};
+        if (auto r = retire_writer(); !r) return r;
         if (!detail::is_aligned(offset, cluster_size()))
             return error{errc::misaligned_offset, detail::cat("refcount table offset ", detail::hex(offset), " is not cluster aligned")};
         if (auto r = flush(); !r) return r;
@@ -373,17 +587,1181 @@ public:
     /// @}
 
 private:
+    using u64_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<std::uint64_t>;
+    using byte_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<std::byte>;
+
+    // ------------------------------------------------------------------ writing
+
+    /// What `zero_range` makes of whole clusters.
+    enum class op {
+        zero_keep,    ///< read as zero, keeping host clusters this image owns alone
+        zero_unmap,   ///< read as zero, freeing host clusters
+        discard,      ///< QEMU's guest discard: zero (version 3 or no backing), else unallocated
+        full_discard, ///< unallocated, host clusters freed (what shrinking does past the new size)
+    };
+
+    /// A range of the file that holds metadata, for the overlap check.
+    struct extent {
+        std::uint64_t offset = 0;
+        std::uint64_t length = 0;
+        const char* what = "";
+    };
+
+    /// An L2 entry change waiting for the data write that makes it true.
+    struct entry_update {
+        std::uint64_t index = 0;
+        std::uint64_t entry = 0;
+        std::uint64_t bitmap = 0;
+        std::uint64_t old_entry = 0; ///< its references are dropped once the update is made
+        bool allocated = false;      ///< the host cluster was allocated for it (released if the write fails)
+    };
+
+    using extent_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<extent>;
+    using run_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<cluster_run>;
+    using update_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<entry_update>;
+
+    /// Everything a writable image needs beyond the read path; made at its first modification.
+    struct writer_state {
+        writer_state(basic_refcount_table<Backend, Allocator> t, const Allocator& a)
+            : rc(std::move(t)), dirty_l2(a), l2_index(u64_alloc(a)), fixed(extent_alloc(a)), pending(run_alloc(a)),
+              freed(u64_alloc(a)), batch(update_alloc(a)), buf(byte_alloc(a)), zeros(byte_alloc(a)), cbuf(byte_alloc(a)) {}
+        basic_refcount_table<Backend, Allocator> rc;
+        detail::dirty_tables<Allocator> dirty_l2;       ///< L2 tables changed in the cache
+        std::uint64_t l1_lo = ~std::uint64_t{0};        ///< first changed L1 entry
+        std::uint64_t l1_hi = 0;                        ///< one past the last changed L1 entry
+        std::vector<std::uint64_t, u64_alloc> l2_index; ///< host offsets of the active L2 tables, sorted
+        std::vector<extent, extent_alloc> fixed;        ///< header, L1, snapshot table and L1s, bitmaps, LUKS area
+        std::vector<cluster_run, run_alloc> pending;    ///< references dropped in memory, released after the next commit
+        std::vector<std::uint64_t, u64_alloc> freed;    ///< clusters whose refcount reached 0, punched after the release
+        std::vector<entry_update, update_alloc> batch;  ///< entry changes of the data write being gathered
+        std::vector<std::byte, byte_alloc> buf;         ///< one cluster: partial writes, new L2 tables
+        std::vector<std::byte, byte_alloc> zeros;       ///< one cluster of zeroes
+        std::vector<std::byte, byte_alloc> cbuf;        ///< compressed output
+        std::optional<codec::cluster_compressor> compressor;
+        std::uint64_t compressed_next = 0; ///< where the next compressed cluster may go (0: in a new cluster)
+        bool lazy = false;                 ///< lazy refcounts: the dirty bit replaces the ordering flushes
+        bool marked_dirty = false;         ///< this writer set the dirty bit (cleared by `close`)
+        std::optional<error> failed;       ///< a write to the file failed: the file may lag the memory
+    };
+
+    std::uint64_t l2_entry(std::span<const std::byte> t, std::uint64_t i) const noexcept {
+        return detail::load_be64(t, i * geometry_.entry_bytes());
+    }
+    std::uint64_t l2_bitmap(std::span<const std::byte> t, std::uint64_t i) const noexcept {
+        return geometry_.extended ? detail::load_be64(t, i * 16 + 8) : 0;
+    }
+
+    /// Refuses a modification the image cannot take, then sets the writer up: the dirty bit
+    /// for lazy refcounts, and (before data) the all-zero bit cleared.
+    result<void> begin_modify(std::uint64_t offset, std::uint64_t length, bool data) {
+        using detail::cat;
+        using detail::dec;
+        if (!writable_) return error{errc::read_only, "writing to an image opened read-only"};
+        if (header_.incompatible_features & features::corrupt::mask)
+            return error{errc::image_corrupt, "the image is marked corrupt: repair it (check with repair) before writing"};
+        if (header_.incompatible_features & features::dirty::mask && !(w_ && w_->marked_dirty))
+            return error{errc::not_supported, "the dirty bit is set: repair the image (check with repair) before writing"};
+        if (header_.crypt_method != 0) return error{errc::unsupported_encryption, "writing to encrypted images is not built"};
+        if (offset > header_.size || length > header_.size - offset)
+            return error{errc::invalid_argument, cat("a write of ", dec(length), " bytes at guest offset ", dec(offset),
+                                                     " reaches past the virtual size ", dec(header_.size))};
+        if ((geometry_.external_data && !data_file_) || (has_backing() && !backing_qcow2_ && !backing_raw_))
+            return error{errc::not_supported, "writing to an image opened metadata-only (its backing or data file is not open)"};
+        if (auto r = ensure_writer(); !r) return r;
+        if (w_->failed) return *w_->failed;
+        if (w_->lazy && !w_->marked_dirty) {
+            header_.incompatible_features |= features::dirty::mask;
+            if (auto r = write_header(); !r) return poison(r);
+            w_->marked_dirty = true;
+        }
+        if (data && length && (header_.autoclear_features & features::all_zero::mask)) {
+            // The image is about to read non-zero: the bit goes first, durably.
+            header_.autoclear_features &= ~features::all_zero::mask;
+            if (auto r = write_header(); !r) return poison(r);
+        }
+        return {};
+    }
+
+    /// Remembers a failure of a write to the file: every later modification reports it.
+    result<void> poison(result<void> r) {
+        if (!r && w_ && !w_->failed) w_->failed = r.error();
+        return r;
+    }
+
+    /// An operation's result: a failure that came from the backend leaves the file behind
+    /// the memory, so it poisons the writer (qcow2's own refusals do not).
+    result<void> guarded(result<void> r) {
+        if (!r && r.error().code().category() != error_category()) return poison(std::move(r));
+        if (!r && r.error().is(errc::io_error)) return poison(std::move(r));
+        return r;
+    }
+
+    result<void> ensure_writer() {
+        if (w_) return {};
+        auto rc = basic_refcount_table<Backend, Allocator>::open(file_, header_, cache_bytes_, alloc_);
+        if (!rc) return error(rc.error().code(), detail::cat("loading the refcounts for writing: ", rc.error().message()));
+        auto w = std::make_unique<writer_state>(std::move(*rc), alloc_);
+        const std::uint64_t cs = cluster_size();
+        w->lazy = header_.version >= 3 && (header_.compatible_features & features::lazy_refcounts::mask);
+        w->rc.set_ordered(!w->lazy);
+        w->rc.note_file_end(file_size_);
+        w->buf.resize(static_cast<std::size_t>(cs));
+        w->zeros.resize(static_cast<std::size_t>(cs));
+        w->batch.reserve(static_cast<std::size_t>(geometry_.entries_per_table()));
+        // The metadata every write is checked against (QEMU's "cached" overlap template).
+        w->fixed.push_back({0, cs, "the header"});
+        if (header_.l1_size) w->fixed.push_back({header_.l1_table_offset, std::uint64_t{header_.l1_size} * 8, "the L1 table"});
+        if (header_.nb_snapshots) {
+            std::uint64_t n = 0;
+            for (const auto& s : snapshots_) n += snapshot_entry_size(s);
+            w->fixed.push_back({header_.snapshots_offset, n, "the snapshot table"});
+            for (const auto& s : snapshots_)
+                if (s.l1_size) w->fixed.push_back({s.l1_table_offset, std::uint64_t{s.l1_size} * 8, "a snapshot's L1 table"});
+        }
+        if (const auto b = header_.bitmaps()) {
+            w->fixed.push_back({b->directory_offset, b->directory_size, "the bitmap directory"});
+            for (const auto& bm : bitmaps_) w->fixed.push_back({bm.table_offset, std::uint64_t{bm.table_size} * 8, "a bitmap table"});
+        }
+        if (const auto c = header_.encryption()) w->fixed.push_back({c->offset, c->length, "the encryption header"});
+        for (const std::uint64_t e : l1_)
+            if (const std::uint64_t off = e & l2_bits::l1_offset_mask) w->l2_index.push_back(off);
+        std::sort(w->l2_index.begin(), w->l2_index.end());
+        w->l2_index.erase(std::unique(w->l2_index.begin(), w->l2_index.end()), w->l2_index.end());
+        w_ = std::move(w);
+        return {};
+    }
+
+    /// The metadata that `[offset, offset + length)` of the image file would overwrite, or
+    /// nullptr; `own` is a cluster the write may touch (the L2 table being written).
+    const char* metadata_at(std::uint64_t offset, std::uint64_t length, std::uint64_t own = ~std::uint64_t{0}) const {
+        if (length == 0) return nullptr;
+        const std::uint64_t end = offset + length;
+        const std::uint64_t cs = cluster_size();
+        for (const extent& e : w_->fixed) {
+            // Whole clusters are metadata: QEMU rounds the ranges out too.
+            const std::uint64_t lo = e.offset & ~(cs - 1), hi = (e.offset + e.length + cs - 1) & ~(cs - 1);
+            if (offset < hi && lo < end && e.length) return e.what;
+        }
+        if (w_->rc.overlaps(offset, length)) return "the refcount structures";
+        for (auto it = std::lower_bound(w_->l2_index.begin(), w_->l2_index.end(), offset & ~(cs - 1));
+             it != w_->l2_index.end() && *it < end; ++it)
+            if (*it != own) return "an active L2 table";
+        return nullptr;
+    }
+
+    /// Refuses a write over metadata: as QEMU does, the image is marked corrupt first.
+    result<void> guard(std::uint64_t offset, std::uint64_t length, std::uint64_t own = ~std::uint64_t{0}) {
+        const char* what = metadata_at(offset, length, own);
+        if (!what) return {};
+        return signal_corruption(errc::metadata_overlap, detail::cat("a write of ", detail::dec(length), " bytes at host offset ",
+                                                                     detail::hex(offset), " would overwrite ", what));
+    }
+
+    /// Marks the image corrupt (header written and flushed) and refuses further writes.
+    error signal_corruption(errc code, std::string message) {
+        header_.incompatible_features |= features::corrupt::mask;
+        if (auto r = write_header(); !r) message += detail::cat(" (marking the image corrupt failed too: ", r.error().what(), ")");
+        else message += "; the image is now marked corrupt";
+        error e{code, message};
+        if (w_ && !w_->failed) w_->failed = e;
+        return e;
+    }
+
+    result<void> write_meta(std::uint64_t offset, std::span<const std::byte> bytes, std::string_view what) {
+        if (auto r = check_io(file_.write_at(offset, bytes), what); !r) return r;
+        file_size_ = std::max(file_size_, offset + bytes.size());
+        w_->rc.note_file_end(file_size_);
+        return {};
+    }
+
+    /// Writes guest data at `host` of the file holding data clusters.
+    result<void> write_host(std::uint64_t host, std::span<const std::byte> bytes) {
+        if (bytes.empty()) return {};
+        if (data_file_) {
+            if (auto r = check_io(data_file_->write_at(host, bytes), "writing guest data to the data file"); !r) return r;
+            data_file_size_ = std::max(data_file_size_, host + bytes.size());
+            return {};
+        }
+        if (auto r = guard(host, bytes.size()); !r) return r;
+        return write_meta(host, bytes, "writing guest data");
+    }
+
+    /// The size of the file data clusters live in, as far as this image knows.
+    std::uint64_t data_end() const noexcept { return data_file_ ? data_file_size_ : std::max(file_size_, w_->rc.file_end()); }
+
+    /// Flushes and drops the writer's caches: metadata is about to change behind them (repair).
+    result<void> retire_writer() {
+        if (!w_) return {};
+        if (auto r = flush(); !r) return r;
+        w_.reset();
+        return {};
+    }
+
+    /// The refcount table may have moved (it grows by itself): the header in memory follows it.
+    void sync_refcount_fields() noexcept {
+        if (!w_) return;
+        header_.refcount_table_offset = w_->rc.table_offset();
+        header_.refcount_table_clusters = w_->rc.table_clusters();
+    }
+
+    result<cluster_run> allocate_clusters(std::uint64_t count, bool exact) {
+        auto run = w_->rc.allocate(file_, count, exact, [this](std::uint64_t off, std::uint64_t len) { return guard(off, len); });
+        sync_refcount_fields();
+        if (!run) return run.error();
+        // Clusters with refcount 0 that metadata uses: the refcounts are corrupt.
+        if (auto r = guard(run->first << header_.cluster_bits, run->count << header_.cluster_bits); !r) return r.error();
+        return run;
+    }
+
+    /// Releases clusters allocated but never referenced (a write failed): at once, nothing on disk refers to them.
+    void release_unused(cluster_run run) {
+        if (run.count == 0 || geometry_.external_data) return;
+        (void)w_->rc.release(file_, run.first, run.count, [this](std::uint64_t c) { note_freed(c, false); });
+    }
+
+    void note_freed(std::uint64_t cluster, bool punch) {
+        if (w_->compressed_next && (w_->compressed_next >> header_.cluster_bits) == cluster) w_->compressed_next = 0;
+        if (punch) w_->freed.push_back(cluster);
+    }
+
+    /// Drops, after the next commit, one reference from `count` clusters from `cluster`.
+    void defer_release(std::uint64_t cluster, std::uint64_t count) {
+        auto& p = w_->pending;
+        if (!p.empty() && p.back().first + p.back().count == cluster) p.back().count += count;
+        else p.push_back({cluster, count});
+    }
+
+    /// Drops the references an L2 entry held (after the next commit).
+    void drop_reference(std::uint64_t entry) {
+        if (geometry_.external_data) return; // data clusters of a data file are not refcounted
+        const unsigned cb = header_.cluster_bits;
+        if (entry & l2_bits::compressed) {
+            const compressed_extent c = decode_compressed(entry, cb);
+            const std::uint64_t first = c.offset >> cb, last = (c.offset + c.size - 1) >> cb;
+            defer_release(first, last - first + 1);
+        } else if (const std::uint64_t off = entry & l2_bits::offset_mask) {
+            defer_release(off >> cb, 1);
+        }
+    }
+
+    void mark_l1(std::uint64_t index) {
+        w_->l1_lo = std::min(w_->l1_lo, index);
+        w_->l1_hi = std::max(w_->l1_hi, index + 1);
+    }
+
+    /// Writes what the caches hold, in crash-safe order; with `all` also the refcount
+    /// decreases (no final flush: `flush` does it).
+    result<void> commit(bool all) {
+        writer_state& w = *w_;
+        if (w.failed) return *w.failed;
+        return poison(commit_steps(w, all));
+    }
+
+    result<void> commit_steps(writer_state& w, bool all) {
+        const bool ordered = !w.lazy;
+        const bool l1_dirty = w.l1_lo < w.l1_hi;
+        const bool tables = !w.dirty_l2.empty() || l1_dirty;
+        // 1. Refcount increases, durable before anything refers to the clusters.
+        if (w.rc.dirty_blocks()) {
+            if (auto r = w.rc.write_back(file_); !r) return r;
+            if (tables && ordered)
+                if (auto r = check_io(file_.flush(), "flushing refcount blocks"); !r) return r;
+        }
+        // 2. L2 tables.
+        if (!w.dirty_l2.empty()) {
+            const std::uint64_t mask = ~(cluster_size() - 1);
+            auto r = w.dirty_l2.write_all(*l2_cache_, [&](std::uint64_t off, std::span<const std::byte> bytes) -> result<void> {
+                if (auto g = guard(off, bytes.size(), off & mask); !g) return g;
+                return write_meta(off, bytes, "writing an L2 table");
+            });
+            if (!r) return r;
+        }
+        // 3. L1 entries, once the tables they point at are durable.
+        if (l1_dirty) {
+            if (ordered)
+                if (auto r = check_io(file_.flush(), "flushing L2 tables"); !r) return r;
+            const std::uint64_t n = w.l1_hi - w.l1_lo;
+            std::vector<std::byte, byte_alloc> raw(static_cast<std::size_t>(n * 8), byte_alloc(alloc_));
+            for (std::uint64_t i = 0; i < n; ++i) detail::store_be64(raw, i * 8, l1_[static_cast<std::size_t>(w.l1_lo + i)]);
+            if (auto r = write_meta(header_.l1_table_offset + w.l1_lo * 8, raw, "writing L1 entries"); !r) return r;
+            w.l1_lo = ~std::uint64_t{0};
+            w.l1_hi = 0;
+        }
+        // 4. Refcount decreases, once the references they drop are durable.
+        if (!w.pending.empty()) {
+            if (ordered && tables)
+                if (auto r = check_io(file_.flush(), "flushing L1 and L2 tables"); !r) return r;
+            for (std::size_t i = 0; i < w.pending.size(); ++i)
+                if (auto r = w.rc.release(file_, w.pending[i].first, w.pending[i].count, [this](std::uint64_t c) { note_freed(c, true); });
+                    !r) {
+                    w.pending.erase(w.pending.begin(), w.pending.begin() + static_cast<std::ptrdiff_t>(i));
+                    return r;
+                }
+            w.pending.clear();
+            punch_freed();
+        }
+        if (all && w.rc.dirty_blocks())
+            if (auto r = w.rc.write_back(file_); !r) return r;
+        return {};
+    }
+
+    /// Gives the space of freed clusters back to the file system (when the backend can).
+    void punch_freed() {
+        auto& f = w_->freed;
+        if constexpr (io::supports_discard<Backend>) {
+            std::sort(f.begin(), f.end());
+            const unsigned cb = header_.cluster_bits;
+            for (std::size_t i = 0; i < f.size();) {
+                std::size_t j = i + 1;
+                while (j < f.size() && f[j] == f[j - 1] + 1) ++j;
+                if ((f[i] << cb) < file_size_) (void)file_.discard(f[i] << cb, std::uint64_t{j - i} << cb);
+                i = j;
+            }
+        }
+        f.clear();
+    }
+
+    /// Keeps the caches from filling with dirty tables and the release list from growing.
+    result<void> make_room() {
+        if (w_->dirty_l2.size() + 3 >= l2_cache_->capacity() || w_->pending.size() >= 4096) return commit(false);
+        return {};
+    }
+
+    /// The L2 table of L1 entry `l1_index`, ready to change and pinned (unpin it when done):
+    /// a new empty table when there is none, a copy when it is shared with a snapshot.
+    result<std::pair<std::span<std::byte>, std::uint64_t>> writable_l2(std::uint64_t l1_index) {
+        if (auto r = make_room(); !r) return r.error();
+        const std::uint64_t e = l1_[static_cast<std::size_t>(l1_index)];
+        const std::uint64_t old = e & l2_bits::l1_offset_mask;
+        if (old && (e & l2_bits::copied)) {
+            auto t = l2_table(old, l1_index);
+            if (!t) return t.error();
+            l2_cache_->pin(old);
+            return std::pair{*t, old};
+        }
+        auto& buf = w_->buf;
+        if (old) {
+            auto t = l2_table(old, l1_index);
+            if (!t) return t.error();
+            std::memcpy(buf.data(), t->data(), buf.size());
+        } else {
+            std::memset(buf.data(), 0, buf.size());
+        }
+        auto run = allocate_clusters(1, true);
+        if (!run) return run.error();
+        const std::uint64_t at = run->first << header_.cluster_bits;
+        l2_cache_->invalidate(at);
+        auto t = l2_cache_->get_pinned(at, [&](std::span<std::byte> dst) {
+            std::memcpy(dst.data(), buf.data(), dst.size());
+            return result<void>{};
+        });
+        if (!t) {
+            release_unused(*run);
+            return t.error();
+        }
+        w_->dirty_l2.mark(*l2_cache_, at, 0, t->size());
+        auto& idx = w_->l2_index;
+        idx.insert(std::upper_bound(idx.begin(), idx.end(), at), at);
+        l1_[static_cast<std::size_t>(l1_index)] = at | l2_bits::copied;
+        mark_l1(l1_index);
+        if (old) { // the shared table stays with the snapshot; this image's reference goes
+            if (auto it = std::lower_bound(idx.begin(), idx.end(), old); it != idx.end() && *it == old) idx.erase(it);
+            defer_release(old >> header_.cluster_bits, 1);
+        }
+        return std::pair{*t, at};
+    }
+
+    void set_l2(std::span<std::byte> table, std::uint64_t table_offset, std::uint64_t i, std::uint64_t entry, std::uint64_t bitmap) {
+        const unsigned eb = geometry_.entry_bytes();
+        detail::store_be64(table, i * eb, entry);
+        if (geometry_.extended) detail::store_be64(table, i * eb + 8, bitmap);
+        w_->dirty_l2.mark(*l2_cache_, table_offset, static_cast<std::size_t>(i * eb), static_cast<std::size_t>((i + 1) * eb));
+    }
+
+    /// Fails for an entry the format forbids (a corruption a writer must not build on).
+    result<void> check_entry(std::uint64_t entry, std::uint64_t bitmap, std::uint64_t guest) {
+        const subcluster s = classify(geometry_, entry, bitmap, 0);
+        if (s.state == cluster_state::invalid)
+            return signal_corruption(errc::image_corrupt, detail::cat("L2 entry ", detail::hex(entry), " for guest offset ",
+                                                                      detail::dec(guest), ": ", s.why));
+        if (geometry_.external_data && (entry & l2_bits::copied) && (entry & l2_bits::offset_mask) != (guest & ~(cluster_size() - 1)))
+            return signal_corruption(errc::image_corrupt, detail::cat("L2 entry ", detail::hex(entry), " for guest offset ",
+                                                                      detail::dec(guest), " maps the data file elsewhere"));
+        return {};
+    }
+
+    /// True when the entry's cluster belongs to this image alone and may be written in place.
+    bool owned(std::uint64_t entry) const noexcept {
+        if (entry & l2_bits::compressed) return false;
+        if (!(entry & l2_bits::copied)) return false;
+        return (entry & l2_bits::offset_mask) != 0 || geometry_.external_data;
+    }
+
+    /// Bit mask of the allocation units (subclusters, or the one cluster) touching `[a, b)`.
+    std::uint32_t unit_mask(std::uint64_t a, std::uint64_t b) const noexcept {
+        if (!geometry_.extended) return 1;
+        const std::uint64_t u = geometry_.subcluster_size();
+        const auto lo = static_cast<unsigned>(a / u), hi = static_cast<unsigned>((b + u - 1) / u);
+        return static_cast<std::uint32_t>(((std::uint64_t{1} << hi) - 1) & ~((std::uint64_t{1} << lo) - 1));
+    }
+
+    /// Units of `mask` that `[a, b)` does not cover whole (bytes past `valid`, the end of the disk, need no cover).
+    std::uint32_t partial_units(std::uint32_t mask, std::uint64_t a, std::uint64_t b, std::uint64_t valid) const noexcept {
+        const std::uint64_t u = geometry_.extended ? geometry_.subcluster_size() : cluster_size();
+        std::uint32_t partial = 0;
+        for (unsigned i = 0; i < 32 && (mask >> i); ++i) {
+            if (!(mask >> i & 1)) continue;
+            const std::uint64_t lo = i * u, hi = std::min((i + 1) * u, valid);
+            if (lo >= valid) continue;
+            if (a > lo || b < hi) partial |= std::uint32_t{1} << i;
+        }
+        return partial;
+    }
+
+    /// Writes `data` at guest `offset` (the caller checked the range).
+    result<void> write_guest(std::uint64_t offset, std::span<const std::byte> data) {
+        const std::uint64_t end = offset + data.size();
+        const std::uint64_t coverage = header_.l1_entry_coverage();
+        std::uint64_t pos = offset;
+        while (pos < end) {
+            const std::uint64_t l1_index = pos / coverage;
+            const std::uint64_t table_end = std::min(end, (l1_index + 1) * coverage);
+            auto slot = writable_l2(l1_index);
+            if (!slot) return slot.error();
+            auto r = write_in_table(slot->first, slot->second, pos, data.subspan(static_cast<std::size_t>(pos - offset),
+                                                                                static_cast<std::size_t>(table_end - pos)));
+            l2_cache_->unpin(slot->second);
+            if (!r) return r;
+            pos = table_end;
+        }
+        return {};
+    }
+
+    /**
+     * Writes `data` at guest `pos`, inside one L2 table. Each cluster is written in place
+     * (owned, and nothing to fill), read-modified-written in place (owned, but a partly
+     * written unit did not hold data), or given a new host cluster (taken from a run
+     * allocated for all the clusters that need one). Writes of consecutive clusters that
+     * are contiguous in the file and in `data` go out as one; the L2 entries change only
+     * once their data is written.
+     */
+    result<void> write_in_table(std::span<std::byte> table, std::uint64_t table_offset, std::uint64_t pos,
+                                std::span<const std::byte> data) {
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t cs = cluster_size();
+        const std::uint64_t ept = geometry_.entries_per_table();
+        const std::uint64_t start = pos, end = pos + data.size();
+        writer_state& w = *w_;
+        w.batch.clear();
+        std::uint64_t batch_host = 0, batch_guest = 0, batch_len = 0;
+        cluster_run spare{}; // allocated, not yet used
+
+        auto fail = [&](result<void> r) {
+            for (const auto& u : w.batch)
+                if (u.allocated) release_unused({(u.entry & l2_bits::offset_mask) >> cb, 1});
+            w.batch.clear();
+            release_unused(spare);
+            return r;
+        };
+        auto apply = [&](const entry_update& u) {
+            set_l2(table, table_offset, u.index, u.entry, u.bitmap);
+            if (u.old_entry && !owned(u.old_entry)) drop_reference(u.old_entry);
+        };
+        auto flush_batch = [&]() -> result<void> {
+            if (batch_len == 0) return {};
+            if (auto r = write_host(batch_host, data.subspan(static_cast<std::size_t>(batch_guest - start),
+                                                             static_cast<std::size_t>(batch_len)));
+                !r)
+                return r;
+            for (const auto& u : w.batch) apply(u);
+            w.batch.clear();
+            batch_len = 0;
+            return {};
+        };
+
+        while (pos < end) {
+            const std::uint64_t idx = (pos >> cb) & (ept - 1);
+            const std::uint64_t cstart = pos & ~(cs - 1);
+            const std::uint64_t a = pos - cstart, b = std::min(end, cstart + cs) - cstart;
+            const std::uint64_t valid = std::min(cs, header_.size - cstart);
+            const std::uint64_t e = l2_entry(table, idx), bm = l2_bitmap(table, idx);
+            if (auto r = check_entry(e, bm, cstart); !r) return fail(r);
+            const std::uint32_t touched = unit_mask(a, b);
+            const std::uint32_t partial = partial_units(touched, a, b, valid);
+            const auto alloc_bits = static_cast<std::uint32_t>(bm), zero_bits = static_cast<std::uint32_t>(bm >> 32);
+            const bool own = owned(e);
+            // Units holding data whose bytes stay valid without a fill.
+            const std::uint32_t data_units = !own ? 0 : geometry_.extended ? alloc_bits : (e & l2_bits::zero) ? 0 : 1;
+            std::uint64_t host = 0;
+            bool fresh_alloc = false;
+            if (own) {
+                host = geometry_.external_data ? cstart : e & l2_bits::offset_mask;
+            } else if (geometry_.external_data) {
+                host = cstart; // a data file maps guest offset to the same host offset
+            } else {
+                if (spare.count == 0) {
+                    // One run for this cluster and the following ones that need a new cluster too.
+                    std::uint64_t n = 1;
+                    for (std::uint64_t p = cstart + cs; p < end && ((p >> cb) & (ept - 1)) != 0; p += cs, ++n)
+                        if (owned(l2_entry(table, (p >> cb) & (ept - 1)))) break;
+                    auto run = allocate_clusters(n, false);
+                    if (!run) return fail(run.error());
+                    spare = *run;
+                }
+                host = spare.first << cb;
+                ++spare.first;
+                --spare.count;
+                fresh_alloc = true;
+            }
+            // The new entry.
+            std::uint64_t ne = host | l2_bits::copied, nbm = 0;
+            if (geometry_.external_data && !own) ne = cstart | l2_bits::copied;
+            std::uint32_t must = touched; // units to write
+            if (geometry_.extended) {
+                std::uint32_t keep_alloc = 0, keep_zero = zero_bits;
+                if (own) keep_alloc = alloc_bits;
+                else if (e & l2_bits::compressed) keep_alloc = 0xFFFFFFFFu, keep_zero = 0;
+                else if (e & l2_bits::offset_mask) keep_alloc = alloc_bits; // a shared cluster: copy its data units
+                const std::uint32_t na = keep_alloc | touched;
+                nbm = (std::uint64_t{keep_zero & ~na} << 32) | na;
+                if (!own) must |= keep_alloc;
+            } else if (!own) {
+                must = 1;
+            }
+            // Units written only in part, or copied, that need bytes from what the cluster read before.
+            const std::uint32_t fill = geometry_.extended ? ((partial & ~data_units) | (must & ~touched))
+                                                          : ((own ? (partial & ~data_units) : (a > 0 || b < valid)) ? 1 : 0);
+            entry_update u{idx, ne, nbm, e, fresh_alloc};
+            if (fill == 0) {
+                // Straight from `data`.
+                const std::uint64_t h = host + a, g = cstart + a, len = b - a;
+                if (batch_len && (batch_host + batch_len != h || batch_guest + batch_len != g))
+                    if (auto r = flush_batch(); !r) return fail(r);
+                if (batch_len == 0) {
+                    batch_host = h;
+                    batch_guest = g;
+                }
+                batch_len += len;
+                if (ne != e || nbm != bm) w.batch.push_back(u);
+            } else {
+                if (auto r = flush_batch(); !r) return fail(r);
+                if (auto r = write_cluster_rmw(cstart, a, b, valid, must, host, data.subspan(static_cast<std::size_t>(cstart + a - start),
+                                                                                           static_cast<std::size_t>(b - a)));
+                    !r) {
+                    if (fresh_alloc) w.batch.push_back(u);
+                    return fail(r);
+                }
+                if (ne != e || nbm != bm) apply(u);
+            }
+            pos = cstart + b;
+        }
+        if (auto r = flush_batch(); !r) return fail(r);
+        release_unused(spare);
+        return {};
+    }
+
+    /// Writes the units `must` of a cluster at `host`: bytes `[a, b)` from `data`, the rest
+    /// of those units from what the cluster reads now. A cluster past the end of the file
+    /// reads as zero already, so zero bytes at either end are not written.
+    result<void> write_cluster_rmw(std::uint64_t cstart, std::uint64_t a, std::uint64_t b, std::uint64_t valid, std::uint32_t must,
+                                   std::uint64_t host, std::span<const std::byte> data) {
+        const std::uint64_t u = geometry_.extended ? geometry_.subcluster_size() : cluster_size();
+        auto& buf = w_->buf;
+        std::uint64_t lo = ~std::uint64_t{0}, hi = 0;
+        for (unsigned i = 0; i < 32 && (must >> i); ++i) {
+            if (!(must >> i & 1)) continue;
+            const std::uint64_t ulo = i * u, uhi = (i + 1) * u;
+            lo = std::min(lo, ulo);
+            hi = std::max(hi, uhi);
+            // The parts of this unit outside [a, b), inside the disk, read as they read now.
+            const std::uint64_t parts[2][2] = {{ulo, std::min(uhi, a)}, {std::max(ulo, b), uhi}};
+            for (const auto& p : parts) {
+                const std::uint64_t plo = p[0], phi = std::min(p[1], valid);
+                if (plo < phi)
+                    if (auto r = read(cstart + plo, std::span(buf).subspan(static_cast<std::size_t>(plo), static_cast<std::size_t>(phi - plo)));
+                        !r)
+                        return r;
+                const std::uint64_t zlo = std::max(plo, valid), zhi = p[1];
+                if (zlo < zhi) std::memset(buf.data() + zlo, 0, static_cast<std::size_t>(zhi - zlo));
+            }
+        }
+        std::memcpy(buf.data() + a, data.data(), data.size());
+        if (host >= data_end()) { // past the end of the file: trim the zeroes at the edges
+            while (lo < hi && buf[static_cast<std::size_t>(lo)] == std::byte{0}) ++lo;
+            while (hi > lo && buf[static_cast<std::size_t>(hi - 1)] == std::byte{0}) --hi;
+            if (lo == hi) return {};
+        }
+        return write_host(host + lo, std::span<const std::byte>(buf).subspan(static_cast<std::size_t>(lo), static_cast<std::size_t>(hi - lo)));
+    }
+
+    /// True when guest `[offset, offset + length)` reads as zero from this image alone
+    /// (zero clusters, or unallocated ones without a backing file).
+    result<bool> reads_zero_here(std::uint64_t offset, std::uint64_t length) {
+        std::uint64_t pos = offset;
+        while (pos < offset + length) {
+            auto m = map_range(pos, offset + length - pos);
+            if (!m) return m.error();
+            const bool zero = m->state == cluster_state::zero ||
+                              (m->state == cluster_state::unallocated && (!has_backing() || pos >= backing_size_));
+            if (!zero) return false;
+            pos += m->length;
+        }
+        return true;
+    }
+
+    /// Makes `[start, end)` read as zero (or discards it): partial clusters through
+    /// `zero_partial`, whole clusters by changing their L2 entries.
+    result<void> zero_range(std::uint64_t start, std::uint64_t end, op what) {
+        const std::uint64_t cs = cluster_size();
+        if (start >= end) return {};
+        // A partial cluster at either end, the whole clusters between (the disk's last cluster,
+        // when partial, counts as whole once the range reaches the end of the disk).
+        const std::uint64_t head_end = (start & (cs - 1)) ? std::min(end, (start + cs - 1) & ~(cs - 1)) : start;
+        const std::uint64_t tail_start = end == header_.size ? end : std::max(head_end, end & ~(cs - 1));
+        if (head_end > start) {
+            if (what == op::zero_keep || what == op::zero_unmap)
+                if (auto r = zero_partial(start, head_end); !r) return r;
+        }
+        if (tail_start > head_end) {
+            if (auto r = zero_clusters(head_end, tail_start, what); !r) return r;
+        }
+        if (end > tail_start) {
+            if (what == op::zero_keep || what == op::zero_unmap)
+                if (auto r = zero_partial(tail_start, end); !r) return r;
+        }
+        return {};
+    }
+
+    /// Zeroes `[start, end)` inside one cluster, not all of it.
+    result<void> zero_partial(std::uint64_t start, std::uint64_t end) {
+        auto z = reads_zero_here(start, end - start);
+        if (!z) return z.error();
+        if (*z) return {};
+        const std::uint64_t cs = cluster_size();
+        const std::uint64_t cstart = start & ~(cs - 1);
+        const auto& zeros = w_->zeros;
+        auto write_zero_bytes = [&](std::uint64_t lo, std::uint64_t hi) -> result<void> {
+            if (lo >= hi) return {};
+            auto zz = reads_zero_here(lo, hi - lo);
+            if (!zz) return zz.error();
+            if (*zz) return {};
+            if (data_file_raw())
+                if (auto r = write_host(lo, std::span(zeros).first(static_cast<std::size_t>(hi - lo))); !r) return r;
+            return write_guest(lo, std::span(zeros).first(static_cast<std::size_t>(hi - lo)));
+        };
+        if (!geometry_.extended) return write_zero_bytes(start, end);
+        // Whole subclusters get zero bits; the partial ones at either end get zero bytes.
+        const std::uint64_t u = geometry_.subcluster_size();
+        const std::uint64_t valid_end = std::min(cstart + cs, header_.size);
+        const std::uint64_t ulo = (start + u - 1) & ~(u - 1);
+        std::uint64_t uhi = end & ~(u - 1);
+        if (end == valid_end) uhi = std::min(cstart + cs, (end + u - 1) & ~(u - 1));
+        if (ulo >= uhi) return write_zero_bytes(start, end);
+        if (auto r = write_zero_bytes(start, ulo); !r) return r;
+        if (auto r = write_zero_bytes(uhi, end); !r) return r;
+        const std::uint64_t l1_index = cstart / header_.l1_entry_coverage();
+        auto slot = writable_l2(l1_index);
+        if (!slot) return slot.error();
+        const std::uint64_t idx = (cstart >> header_.cluster_bits) & (geometry_.entries_per_table() - 1);
+        std::uint64_t e = l2_entry(slot->first, idx), bm = l2_bitmap(slot->first, idx);
+        result<void> r = check_entry(e, bm, cstart);
+        if (r) {
+            if (e & l2_bits::compressed) { // a compressed cluster has no subclusters: write its zeroes
+                l2_cache_->unpin(slot->second);
+                if (data_file_raw())
+                    if (auto rr = write_host(ulo, std::span(zeros).first(static_cast<std::size_t>(uhi - ulo))); !rr) return rr;
+                return write_guest(ulo, std::span(zeros).first(static_cast<std::size_t>(std::min(uhi, valid_end) - ulo)));
+            }
+            const std::uint32_t m = unit_mask(ulo - cstart, uhi - cstart);
+            const std::uint64_t nbm = (bm & ~std::uint64_t{m}) | (std::uint64_t{m} << 32);
+            if (data_file_raw()) r = write_host(ulo, std::span(zeros).first(static_cast<std::size_t>(std::min(uhi, valid_end) - ulo)));
+            if (r && nbm != bm) set_l2(slot->first, slot->second, idx, e, nbm);
+        }
+        l2_cache_->unpin(slot->second);
+        return r;
+    }
+
+    bool data_file_raw() const noexcept { return geometry_.external_data && (header_.autoclear_features & features::raw_external_data::mask); }
+
+    /// Zeroes or discards the whole clusters of `[start, end)` (cluster aligned; `end` may be
+    /// the end of a disk whose last cluster is partial).
+    result<void> zero_clusters(std::uint64_t start, std::uint64_t end, op what) {
+        const std::uint64_t cs = cluster_size();
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t coverage = header_.l1_entry_coverage();
+        const std::uint64_t ept = geometry_.entries_per_table();
+        const bool v2 = header_.version == 2;
+        const bool backing = has_backing();
+        const auto& zeros = w_->zeros;
+        std::uint64_t pos = start;
+        while (pos < end) {
+            const std::uint64_t l1_index = pos / coverage;
+            const std::uint64_t table_end = std::min(end, (l1_index + 1) * coverage);
+            const std::uint64_t l1e = l1_[static_cast<std::size_t>(l1_index)];
+            // No table: every cluster is unallocated, which already reads as wanted unless a
+            // backing file shows through where zeroes are wanted.
+            const bool want_zero = what != op::full_discard && !(what == op::discard && v2);
+            if (!(l1e & l2_bits::l1_offset_mask) && (!backing || !want_zero || pos >= backing_size_) && !data_file_raw()) {
+                pos = table_end;
+                continue;
+            }
+            if (v2 && backing && want_zero) {
+                // Version 2 has no zero clusters: write zeroes (only where they do not read as zero already).
+                for (std::uint64_t p = pos; p < table_end; p += cs) {
+                    const std::uint64_t n = std::min(cs, table_end - p);
+                    auto z = reads_zero_here(p, n);
+                    if (!z) return z.error();
+                    if (!*z)
+                        if (auto r = write_guest(p, std::span(zeros).first(static_cast<std::size_t>(n))); !r) return r;
+                }
+                pos = table_end;
+                continue;
+            }
+            auto slot = writable_l2(l1_index);
+            if (!slot) return slot.error();
+            const std::span<std::byte> table = slot->first;
+            result<void> r;
+            for (std::uint64_t p = pos; p < table_end && r; p += cs) {
+                const std::uint64_t idx = (p >> cb) & (ept - 1);
+                const std::uint64_t e = l2_entry(table, idx), bm = l2_bitmap(table, idx);
+                r = check_entry(e, bm, p);
+                if (!r) break;
+                const bool has_host = (e & l2_bits::compressed) || (e & l2_bits::offset_mask) || (geometry_.external_data && (e & l2_bits::copied));
+                const bool unallocated = !has_host && !(geometry_.extended ? (bm >> 32) : (e & l2_bits::zero));
+                std::uint64_t ne = e, nbm = bm;
+                bool drop = false;
+                if (what == op::full_discard || (what == op::discard && v2) || (v2 && !backing)) {
+                    ne = 0;
+                    nbm = 0;
+                    drop = has_host;
+                } else if (what == op::discard) {
+                    if (!unallocated || (backing && p < backing_size_)) {
+                        ne = geometry_.extended ? 0 : l2_bits::zero;
+                        nbm = geometry_.extended ? std::uint64_t{0xFFFFFFFFu} << 32 : 0;
+                        drop = has_host;
+                    }
+                } else { // zero
+                    const bool keep = what == op::zero_keep && owned(e);
+                    if (unallocated && !(backing && p < backing_size_)) {
+                        // Reads as zero already.
+                    } else if (geometry_.extended) {
+                        ne = keep ? e : 0;
+                        nbm = std::uint64_t{0xFFFFFFFFu} << 32;
+                        drop = !keep && has_host;
+                    } else {
+                        ne = keep ? (e & (l2_bits::offset_mask | l2_bits::copied)) | l2_bits::zero : l2_bits::zero;
+                        drop = !keep && has_host;
+                    }
+                }
+                if (data_file_raw()) { // the data file stays a raw image of the disk
+                    const std::uint64_t n = std::min(cs, header_.size - p);
+                    r = write_host(p, std::span(zeros).first(static_cast<std::size_t>(n)));
+                    if (!r) break;
+                } else if (geometry_.external_data && drop && what != op::zero_keep) {
+                    if constexpr (io::supports_discard<Backend>)
+                        if (p < data_file_size_) (void)data_file_->discard(p, std::min(cs, data_file_size_ - p));
+                }
+                if (ne != e || nbm != bm) {
+                    set_l2(table, slot->second, idx, ne, nbm);
+                    if (drop) drop_reference(e);
+                }
+            }
+            l2_cache_->unpin(slot->second);
+            if (!r) return r;
+            pos = table_end;
+        }
+        return {};
+    }
+
+    /// Where the next compressed cluster of `length` bytes goes, packed after the previous one
+    /// as QEMU's `qcow2_alloc_bytes` packs them; its clusters' refcounts are raised.
+    result<std::uint64_t> allocate_bytes(std::uint64_t length) {
+        writer_state& w = *w_;
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t cs = cluster_size();
+        std::uint64_t off = w.compressed_next;
+        if (off) {
+            auto rc = w.rc.get(file_, off >> cb);
+            if (!rc) return rc.error();
+            if (*rc >= w.rc.max_refcount() || *rc == 0) off = 0; // full, or freed meanwhile
+        }
+        const std::uint64_t room = off ? cs - (off & (cs - 1)) : 0;
+        if (off && length <= room) {
+            if (auto r = w.rc.update(file_, off >> cb, 1, 1); !r) return r.error();
+        } else {
+            const std::uint64_t need = detail::div_round_up(off ? length - room : length, cs);
+            auto run = allocate_clusters(need, true);
+            if (!run) return run.error();
+            if (off && run->first == (off >> cb) + 1) {
+                if (auto r = w.rc.update(file_, off >> cb, 1, 1); !r) {
+                    release_unused(*run);
+                    return r.error();
+                }
+            } else {
+                off = run->first << cb;
+            }
+        }
+        w.compressed_next = ((off + length) & (cs - 1)) ? off + length : 0;
+        return off;
+    }
+
+    result<void> write_compressed_cluster(std::uint64_t offset, std::span<const std::byte> data) {
+        using detail::cat;
+        using detail::dec;
+        const std::uint64_t cs = cluster_size();
+        const unsigned cb = header_.cluster_bits;
+        if (geometry_.external_data) return error{errc::not_supported, "images with an external data file cannot hold compressed clusters"};
+        if (offset & (cs - 1))
+            return error{errc::misaligned_offset, cat("compressed write at guest offset ", dec(offset), " is not cluster aligned")};
+        const std::uint64_t valid = std::min(cs, header_.size - offset);
+        if (data.size() != valid)
+            return error{errc::invalid_argument, cat("a compressed write at guest offset ", dec(offset), " must be ", dec(valid),
+                                                     " bytes, not ", dec(data.size()))};
+        writer_state& w = *w_;
+        if (!w.compressor) w.compressor.emplace(header_.compression_kind());
+        std::memcpy(w.buf.data(), data.data(), data.size());
+        std::memset(w.buf.data() + data.size(), 0, static_cast<std::size_t>(cs - data.size()));
+        w.cbuf.resize(static_cast<std::size_t>(cs + 512)); // the stream (at most cs - 1 bytes) and sector padding
+        auto n = w.compressor->compress(w.buf, std::span(w.cbuf).first(static_cast<std::size_t>(cs - 1)));
+        if (!n) {
+            if (n.error().is(errc::not_compressible)) return write_guest(offset, data); // stored plain, as QEMU does
+            return n.error();
+        }
+        auto host = allocate_bytes(*n);
+        if (!host) return host.error();
+        const std::uint64_t first = *host >> cb, last = (*host + *n - 1) >> cb;
+        // Past the end of the file, pad to a whole sector: readers read whole sectors.
+        std::uint64_t len = *n;
+        if (*host + len > data_end()) {
+            const std::uint64_t padded = ((*host + len + 511) & ~std::uint64_t{511}) - *host;
+            std::memset(w.cbuf.data() + len, 0, static_cast<std::size_t>(std::min<std::uint64_t>(padded, w.cbuf.size()) - len));
+            len = std::min<std::uint64_t>(padded, w.cbuf.size());
+        }
+        if (auto r = write_host(*host, std::span<const std::byte>(w.cbuf).first(static_cast<std::size_t>(len))); !r) {
+            release_unused({first, last - first + 1});
+            return r;
+        }
+        const std::uint64_t l1_index = offset / header_.l1_entry_coverage();
+        auto slot = writable_l2(l1_index);
+        if (!slot) {
+            release_unused({first, last - first + 1});
+            return slot.error();
+        }
+        const std::uint64_t idx = (offset >> cb) & (geometry_.entries_per_table() - 1);
+        const std::uint64_t old = l2_entry(slot->first, idx);
+        result<void> r = check_entry(old, l2_bitmap(slot->first, idx), offset);
+        if (r) {
+            set_l2(slot->first, slot->second, idx, encode_compressed(*host, *n, cb), 0);
+            drop_reference(old);
+        } else {
+            release_unused({first, last - first + 1});
+        }
+        l2_cache_->unpin(slot->second);
+        return r;
+    }
+
+    /// Replaces the L1 table with one of `entries` entries, in crash-safe order: everything
+    /// the old one refers to is made durable, the new one is written and flushed, then the
+    /// header points at it (12 bytes at offset 36, flushed); the old one is released last.
+    result<void> grow_l1(std::uint64_t entries) {
+        const std::uint64_t cs = cluster_size();
+        if (auto r = commit(true); !r) return r;
+        if (auto r = check_io(file_.flush(), "flushing before the L1 table moves"); !r) return r;
+        const std::uint64_t clusters = detail::div_round_up(entries * 8, cs);
+        auto run = allocate_clusters(clusters, true);
+        if (!run) return run.error();
+        const std::uint64_t at = run->first << header_.cluster_bits;
+        std::vector<std::byte, byte_alloc> raw(static_cast<std::size_t>(clusters * cs), std::byte{0}, byte_alloc(alloc_));
+        for (std::size_t i = 0; i < l1_.size(); ++i) detail::store_be64(raw, i * 8, l1_[i]);
+        if (auto r = write_meta(at, raw, "writing the new L1 table"); !r) return r;
+        if (auto r = w_->rc.write_back(file_); !r) return r;
+        if (auto r = check_io(file_.flush(), "flushing the new L1 table"); !r) return r;
+        std::byte h[12];
+        detail::store_be32(h, 0, static_cast<std::uint32_t>(entries));
+        detail::store_be64(h, 4, at);
+        if (auto r = write_meta(36, h, "pointing the header at the new L1 table"); !r) return r;
+        if (auto r = check_io(file_.flush(), "flushing the header"); !r) return r;
+        const std::uint64_t old_at = header_.l1_table_offset, old_size = header_.l1_size;
+        header_.l1_size = static_cast<std::uint32_t>(entries);
+        header_.l1_table_offset = at;
+        l1_.resize(static_cast<std::size_t>(entries), 0);
+        auto& fixed = w_->fixed;
+        std::erase_if(fixed, [&](const extent& e) { return e.offset == old_at && std::string_view(e.what) == "the L1 table"; });
+        fixed.push_back({at, entries * 8, "the L1 table"});
+        if (old_size) defer_release(old_at >> header_.cluster_bits, detail::div_round_up(old_size * 8, cs));
+        return {};
+    }
+
+    result<void> resize_impl(std::uint64_t new_size) {
+        using detail::cat;
+        using detail::dec;
+        const std::uint64_t cs = cluster_size();
+        const std::uint64_t old = header_.size;
+        if (new_size % 512) return error{errc::invalid_argument, cat("the new size ", dec(new_size), " is not a multiple of 512")};
+        if (new_size == old) return {};
+        const std::uint64_t coverage = header_.l1_entry_coverage();
+        const std::uint64_t need = detail::div_round_up(new_size, coverage);
+        if (new_size < old) {
+            if (!snapshots_.empty()) return error{errc::not_supported, "an image with internal snapshots cannot shrink"};
+            // Everything past the new size goes: whole clusters, then the L2 tables past the new L1 size.
+            const std::uint64_t keep_end = std::min(old, (new_size + cs - 1) & ~(cs - 1));
+            if (auto r = zero_clusters(keep_end, old, op::full_discard); !r) return r;
+            for (std::uint64_t i = need; i < l1_.size(); ++i) {
+                const std::uint64_t off = l1_[static_cast<std::size_t>(i)] & l2_bits::l1_offset_mask;
+                if (!off) continue;
+                if (l1_[static_cast<std::size_t>(i)] & l2_bits::copied) {
+                    w_->dirty_l2.drop(*l2_cache_, off);
+                    l2_cache_->invalidate(off);
+                }
+                auto& idx = w_->l2_index;
+                if (auto it = std::lower_bound(idx.begin(), idx.end(), off); it != idx.end() && *it == off) idx.erase(it);
+                defer_release(off >> header_.cluster_bits, 1);
+                l1_[static_cast<std::size_t>(i)] = 0;
+                mark_l1(i);
+            }
+            header_.size = new_size;
+            if (auto r = commit(true); !r) return r;
+            if (auto r = check_io(file_.flush(), "flushing before the size changes"); !r) return r;
+            if (auto r = write_header(); !r) return r;
+            return truncate_unused();
+        }
+        if (header_.version == 2 && !snapshots_.empty())
+            return error{errc::not_supported, "a version 2 image with internal snapshots cannot be resized"};
+        if (need * 8 > limits::max_l1_bytes)
+            return error{errc::image_too_large, cat("a virtual size of ", dec(new_size), " bytes needs an L1 table of ", dec(need * 8),
+                                                    " bytes, more than 32 MiB")};
+        if (need > l1_.size())
+            if (auto r = grow_l1(need); !r) return r;
+        header_.size = new_size;
+        // The new range reads as zero: the rest of the old last cluster may hold old bytes,
+        // and a longer backing file must not show through.
+        const std::uint64_t zero_end = std::min(new_size, std::max((old + cs - 1) & ~(cs - 1), has_backing() ? backing_size_ : 0));
+        if (zero_end > old)
+            if (auto r = zero_range(old, zero_end, op::zero_unmap); !r) {
+                header_.size = old;
+                return r;
+            }
+        if (auto r = commit(true); !r) return r;
+        if (auto r = check_io(file_.flush(), "flushing before the size changes"); !r) return r;
+        return write_header();
+    }
+
+    /// After shrinking, cuts the file after the last cluster in use.
+    result<void> truncate_unused() {
+        const unsigned cb = header_.cluster_bits;
+        std::uint64_t n = detail::div_round_up(file_size_, cluster_size());
+        while (n > 0) {
+            auto rc = w_->rc.get(file_, n - 1);
+            if (!rc) return rc.error();
+            if (*rc) break;
+            --n;
+        }
+        if ((n << cb) < file_size_) {
+            if (auto r = check_io(file_.resize(n << cb), "truncating the image file"); !r) return r;
+            file_size_ = n << cb;
+        }
+        return {};
+    }
+
+    // ----------------------------------------------------------------- creating
+
+    /// The header of a new image for `o`, checked as QEMU checks the options.
+    static result<qcow2::header> plan_create(const create_options& o) {
+        using detail::cat;
+        using detail::dec;
+        auto bad = [](std::string_view m) { return error{errc::invalid_argument, m}; };
+        qcow2::header h;
+        if (o.version != 2 && o.version != 3) return bad(cat("compat level ", dec(o.version), " is unknown (2 is 0.10, 3 is 1.1)"));
+        h.version = o.version;
+        const std::uint64_t cs = o.cluster_size;
+        if (cs < 512 || cs > (std::uint64_t{2} << 20) || (cs & (cs - 1)))
+            return bad(cat("cluster size ", dec(cs), ": it must be a power of two between 512 and 2048k"));
+        h.cluster_bits = static_cast<std::uint32_t>(std::countr_zero(cs));
+        const unsigned rb = o.refcount_bits;
+        if (rb == 0 || rb > 64 || (rb & (rb - 1))) return bad("refcount width must be a power of two and may not exceed 64 bits");
+        if (o.version == 2 && rb != 16)
+            return bad("different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)");
+        h.refcount_order = static_cast<std::uint32_t>(std::countr_zero(rb));
+        if (o.version == 2) {
+            if (o.extended_l2) return bad("extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+            if (o.lazy_refcounts) return bad("lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+            if (o.compression_type != compression::zlib)
+                return bad("non-zlib compression type is only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+            if (!o.data_file.empty()) return bad("data file can only be used with compatibility level 1.1 and above (use compat=1.1 or greater)");
+        }
+        if (o.extended_l2 && cs < 16384) return bad("extended L2 entries are only supported with cluster sizes of at least 16 KB");
+        if (o.data_file_raw && o.data_file.empty()) return bad("data_file_raw requires a data file (data_file)");
+        if (o.data_file_raw && !o.backing_file.empty()) return bad("backing file and data_file_raw cannot be used at the same time");
+        if (!o.backing_format.empty() && o.backing_file.empty()) return bad("backing format cannot be used without backing file");
+        if (o.prealloc != preallocation::off && !o.backing_file.empty() && !o.extended_l2)
+            return bad("backing file and preallocation can only be used at the same time if extended_l2 is on");
+        if (o.backing_file.size() > limits::max_backing_name)
+            return error{errc::backing_name_too_long, cat("backing file name of ", dec(o.backing_file.size()), " bytes is over 1023")};
+        if (o.backing_format.size() > limits::max_backing_format)
+            return error{errc::backing_format_too_long, cat("backing format '", o.backing_format, "' is over 15 bytes")};
+        if (o.compression_type != compression::zlib && o.compression_type != compression::zstd)
+            return bad("unknown compression type");
+        h.size = (o.size + 511) & ~std::uint64_t{511};
+        if (h.size < o.size) return error{errc::image_too_large, "the virtual size overflows"};
+        if (o.version == 3) {
+            if (!o.data_file.empty()) h.incompatible_features |= features::external_data_file::mask;
+            if (o.compression_type == compression::zstd) {
+                h.incompatible_features |= features::compression_type::mask;
+                h.compression_type = static_cast<std::uint8_t>(compression::zstd);
+            }
+            if (o.extended_l2) h.incompatible_features |= features::extended_l2::mask;
+            if (o.lazy_refcounts) h.compatible_features |= features::lazy_refcounts::mask;
+            if (o.data_file_raw) h.autoclear_features |= features::raw_external_data::mask;
+        } else {
+            h.header_length = v2_header_length;
+            h.refcount_order = 4;
+            h.unknown_fields.clear();
+        }
+        const std::uint64_t l1 = h.min_l1_entries();
+        if (l1 * 8 > limits::max_l1_bytes)
+            return error{errc::image_too_large, cat("a virtual size of ", dec(h.size), " bytes needs an L1 table of ", dec(l1 * 8),
+                                                    " bytes, more than 32 MiB (use larger clusters)")};
+        h.l1_size = static_cast<std::uint32_t>(l1);
+        // QEMU's extension order: backing format, data file name, feature name table.
+        if (!o.backing_format.empty()) h.set_extension(extension_type::backing_format, detail::to_bytes(o.backing_format));
+        if (!o.data_file.empty()) h.set_extension(extension_type::data_file, detail::to_bytes(o.data_file));
+        h.backing_file = o.backing_file;
+        lay_out_header(h);
+        if (encoded_header_size(h) > cs) return error{errc::backing_name_too_long, "the backing file name does not fit in cluster 0"};
+        if (o.version == 3) {
+            // Name every bit we know (the all-zero bit must be named to be trusted); with small
+            // clusters and a long backing name, only the all-zero bit; else no table and no bit.
+            const bool all_zero = o.data_file.empty();
+            const std::vector<feature_name_entry> tables[2] = {
+                known_features::name_table(), {feature_name_entry{feature_class::autoclear, features::all_zero::bit,
+                                                                  std::string(features::all_zero::name)}}};
+            for (const auto& t : tables) {
+                if (!all_zero && t.size() == 1) break;
+                qcow2::header c = h;
+                c.set_extension(extension_type::feature_names, encode_feature_names(t));
+                lay_out_header(c);
+                if (encoded_header_size(c) <= cs) {
+                    h = std::move(c);
+                    if (all_zero) h.autoclear_features |= features::all_zero::mask;
+                    break;
+                }
+            }
+        }
+        return h; // validated by encode_header, once the layout is known
+    }
+
+    /**
+     * Writes a new image: header, refcount table, refcount blocks, L1 table and (with
+     * preallocation) L2 tables, each in one pass, then the data area as preallocation asks.
+     */
+    static result<void> write_new_image(Backend& file, Backend* data, qcow2::header& h, const create_options& o,
+                                        const Allocator& alloc) {
+        using detail::store_be64;
+        const std::uint64_t cs = h.cluster_size();
+        const unsigned cb = h.cluster_bits;
+        preallocation pre = o.prealloc;
+        if (o.data_file_raw && pre == preallocation::off) pre = preallocation::metadata; // the data file must map 1:1
+        const bool prealloc = pre != preallocation::off;
+        const bool external = data != nullptr;
+        const std::uint64_t l1 = h.l1_size;
+        const std::uint64_t l1_clusters = detail::div_round_up(l1 * 8, cs);
+        const std::uint64_t ept = cs / h.l2_entry_size();
+        const std::uint64_t guest_clusters = detail::div_round_up(h.size, cs);
+        const std::uint64_t l2_tables = prealloc ? l1 : 0;
+        const std::uint64_t data_clusters = prealloc && !external ? guest_clusters : 0;
+        const std::uint64_t epb = refcount_entries_per_block(cb, h.refcount_order);
+        // The refcount structures must count themselves: a fixed point, as QEMU computes it.
+        std::uint64_t blocks = 1, table = 1;
+        for (;;) {
+            const std::uint64_t n = 1 + table + blocks + l1_clusters + l2_tables + data_clusters;
+            const std::uint64_t nb = detail::div_round_up(n, epb);
+            const std::uint64_t nt = detail::div_round_up(nb * 8, cs);
+            if (nb == blocks && nt == table) break;
+            blocks = std::max(blocks, nb);
+            table = std::max(table, nt);
+        }
+        if (table * cs > limits::max_refcount_table_bytes)
+            return error{errc::refcount_table_too_large, "the new image's refcount table would exceed 8 MiB"};
+        const std::uint64_t table_at = 1, blocks_at = table_at + table, l1_at = blocks_at + blocks, l2_at = l1_at + l1_clusters,
+                            data_at = l2_at + l2_tables, total = data_at + data_clusters;
+        if ((total << cb) > limits::max_host_offset) return error{errc::image_too_large, "the new image would pass 2^56 bytes"};
+        h.refcount_table_offset = table_at << cb;
+        h.refcount_table_clusters = static_cast<std::uint32_t>(table);
+        h.l1_table_offset = l1_at << cb;
+
+        auto put = [&](Backend& f, std::uint64_t off, std::span<const std::byte> b, std::string_view what) {
+            return check_io(f.write_at(off, b), what);
+        };
+        if (auto r = check_io(file.resize(0), "truncating the new image file"); !r) return r;
+        std::vector<std::byte, byte_alloc> buf(static_cast<std::size_t>(cs), byte_alloc(alloc));
+        if (auto r = encode_header(h, buf); !r) return r;
+        if (auto r = put(file, 0, buf, "writing the header"); !r) return r;
+        // Refcount table, then blocks: clusters [0, total) have refcount 1.
+        std::vector<std::byte, byte_alloc> big(static_cast<std::size_t>(std::max(table, l1_clusters) * cs), byte_alloc(alloc));
+        std::fill(big.begin(), big.end(), std::byte{0});
+        for (std::uint64_t j = 0; j < blocks; ++j) store_be64(big, j * 8, (blocks_at + j) << cb);
+        if (auto r = put(file, table_at << cb, std::span(big).first(static_cast<std::size_t>(table * cs)), "writing the refcount table"); !r) return r;
+        for (std::uint64_t j = 0; j < blocks; ++j) {
+            std::fill(buf.begin(), buf.end(), std::byte{0});
+            for (std::uint64_t k = 0; k < epb && j * epb + k < total; ++k) set_refcount(buf, k, h.refcount_order, 1);
+            if (auto r = put(file, (blocks_at + j) << cb, buf, "writing a refcount block"); !r) return r;
+        }
+        // L1 table, then L2 tables.
+        if (l1_clusters) {
+            std::fill(big.begin(), big.end(), std::byte{0});
+            if (prealloc)
+                for (std::uint64_t i = 0; i < l1; ++i) store_be64(big, i * 8, ((l2_at + i) << cb) | l2_bits::copied);
+            if (auto r = put(file, l1_at << cb, std::span(big).first(static_cast<std::size_t>(l1_clusters * cs)), "writing the L1 table"); !r)
+                return r;
+        }
+        for (std::uint64_t i = 0; i < l2_tables; ++i) {
+            std::fill(buf.begin(), buf.end(), std::byte{0});
+            for (std::uint64_t k = 0; k < ept && i * ept + k < guest_clusters; ++k) {
+                const std::uint64_t g = i * ept + k;
+                const std::uint64_t host = external ? g << cb : (data_at + g) << cb;
+                store_be64(buf, k * h.l2_entry_size(), host | l2_bits::copied);
+            }
+            if (auto r = put(file, (l2_at + i) << cb, buf, "writing an L2 table"); !r) return r;
+        }
+        // The data area.
+        Backend& df = external ? *data : file;
+        const std::uint64_t data_start = external ? 0 : data_at << cb;
+        const std::uint64_t data_len = external ? h.size : data_clusters << cb;
+        if (external)
+            if (auto r = check_io(data->resize(0), "truncating the data file"); !r) return r;
+        if (auto r = check_io(file.resize(std::max<std::uint64_t>(total << cb, l2_at << cb)), "sizing the image file"); !r) return r;
+        if (external && !prealloc)
+            if (auto r = check_io(data->resize(h.size), "sizing the data file"); !r) return r;
+        if (prealloc && data_len) {
+            if (pre == preallocation::full) {
+                std::vector<std::byte, byte_alloc> z(static_cast<std::size_t>(std::min<std::uint64_t>(data_len, 1 << 20)), std::byte{0},
+                                                     byte_alloc(alloc));
+                for (std::uint64_t p = 0; p < data_len; p += z.size()) {
+                    const std::uint64_t n = std::min<std::uint64_t>(z.size(), data_len - p);
+                    if (auto r = put(df, data_start + p, std::span(z).first(static_cast<std::size_t>(n)), "preallocating (full)"); !r) return r;
+                }
+            } else if (pre == preallocation::falloc) {
+                if constexpr (io::supports_preallocate<Backend>) {
+                    if (auto r = check_io(df.preallocate(data_start, data_len), "preallocating (falloc)"); !r) return r;
+                }
+            }
+            if (auto r = check_io(df.resize(data_start + data_len), "sizing the data area"); !r) return r;
+        }
+        if (external)
+            if (auto r = check_io(data->flush(), "flushing the data file"); !r) return r;
+        return check_io(file.flush(), "flushing the new image");
+    }
+
     basic_image(Backend file, bool writable, const Allocator& alloc)
         : file_(std::move(file)), writable_(writable), alloc_(alloc), l1_(u64_alloc(alloc)) {}
 
-    using u64_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<std::uint64_t>;
-    using byte_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<std::byte>;
 
     template <class Resolver>
     static result<basic_image> open_layer(Backend file, const open_options& opts, Resolver& resolve, const Allocator& alloc,
                                           std::size_t depth) {
         basic_image img(std::move(file), opts.writable && depth == 0, alloc);
         img.repair_mode_ = opts.repair && img.writable_;
+        img.cache_bytes_ = opts.cache_bytes;
         if (auto r = img.load(); !r) return r.error();
         if (auto r = img.load_l1(opts); !r) return r.error();
         if (!opts.metadata_only)
@@ -465,7 +1843,7 @@ private:
         if (!detail::is_aligned(l2_offset, cluster_size()))
             return error{errc::misaligned_offset, cat("L2 table offset ", hex(l2_offset), " is not cluster aligned (L1 index ",
                                                       dec(l1_index), ")")};
-        if (l2_offset > file_size_ || cluster_size() > file_size_ - l2_offset)
+        if (!l2_cache_->contains(l2_offset) && (l2_offset > file_size_ || cluster_size() > file_size_ - l2_offset))
             return error{errc::short_read, cat("L2 table at host offset ", hex(l2_offset), " (L1 index ", dec(l1_index),
                                                ") lies past the end of the file (", dec(file_size_), " bytes)")};
         return l2_cache_->get(l2_offset, [&](std::span<std::byte> dst) {
@@ -641,6 +2019,7 @@ private:
     /// Rewrites cluster 0 from `header_` and flushes (QEMU rewrites the whole cluster too).
     result<void> write_header() {
         if (!writable_) return error{errc::read_only, "rewriting the header of an image opened read-only"};
+        sync_refcount_fields();
         std::vector<std::byte> buf(static_cast<std::size_t>(cluster_size()));
         if (auto r = encode_header(header_, buf); !r) return r;
         if (auto r = check_io(file_.write_at(0, buf), "writing the header"); !r) return r;
@@ -669,6 +2048,8 @@ private:
     std::vector<feature_name_entry> names_;
     std::vector<snapshot_entry> snapshots_;
     std::vector<bitmap_entry> bitmaps_;
+    std::size_t cache_bytes_ = std::size_t{1} << 20;
+    std::unique_ptr<writer_state> w_;
 };
 
 } // inline namespace QCOW2_ABI_NAMESPACE

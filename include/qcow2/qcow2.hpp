@@ -44,6 +44,7 @@
 
 // image
 #include "qcow2/backing.hpp"
+#include "qcow2/all_zero.hpp"
 #include "qcow2/image.hpp"
 
 // operations

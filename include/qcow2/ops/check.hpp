@@ -731,6 +731,9 @@ result<check_report> check_pass(Image& img, const check_options& opts, check_rep
  */
 template <class Image>
 result<check_report> check(Image& img, const check_options& opts = {}) {
+    // What the image holds in its caches must be in the file the check reads.
+    if (!img.read_only())
+        if (auto r = img.flush(); !r) return r.error();
     if (opts.repair == check_repair::none) return detail::check_pass(img, opts, check_repair::none);
     if (img.read_only()) return error{errc::read_only, "repairing an image opened read-only"};
     auto first = detail::check_pass(img, opts, opts.repair);
