@@ -22,6 +22,7 @@
 #include "qcow2/format/l2_entry.hpp"
 #include "qcow2/format/snapshot.hpp"
 #include "qcow2/io/backend.hpp"
+#include "qcow2/metadata/refcount_check.hpp"
 #include "qcow2/metadata/refcounts.hpp"
 #include "qcow2/metadata/table_cache.hpp"
 #include "qcow2/result.hpp"
@@ -60,7 +61,7 @@ struct open_options {
     /// Deepest backing chain accepted (the image itself is depth 0).
     std::size_t max_chain_depth = 128;
     /// External data file name, overriding the one recorded in the image (QEMU's data-file option).
-    std::optional<std::string> data_file;
+    std::optional<std::string> data_file{};
     /// Open for `check` with repair (QEMU's BDRV_O_CHECK): a writable open then accepts an
     /// image with the dirty or corrupt bit, and keeps every autoclear bit (repair rewrites
     /// only refcounts and COPIED flags, which no autoclear feature depends on).
@@ -130,9 +131,9 @@ public:
      * @par Errors
      * Everything `decode_header` reports; `unknown_incompatible_feature` naming the bits (from
      * the image's feature name table when present); `image_corrupt` for a read-write open of
-     * an image with the corrupt bit; `not_supported` for a read-write open of an image with the
-     * dirty bit (repairing on open is not built: open with `open_options::repair` and run
-     * `check` with repair); both are accepted with `open_options::repair`; `short_read` when the L1 table lies past the
+     * an image with the corrupt bit (accepted with `open_options::repair`); for a read-write
+     * open of an image with the dirty bit, the errors of its repair (`check` with
+     * `check_repair::all`, run as QEMU runs it on open, unless `open_options::repair`); `short_read` when the L1 table lies past the
      * end of the file; `invalid_snapshot_table`, `invalid_bitmap_directory`;
      * `backing_file_refused` and the resolver's errors, prefixed with the chain position;
      * `invalid_argument` when the chain is deeper than `max_chain_depth`; I/O errors.
@@ -777,6 +778,7 @@ private:
     /// Writes guest data at `host` of the file holding data clusters.
     result<void> write_host(std::uint64_t host, std::span<const std::byte> bytes) {
         if (bytes.empty()) return {};
+        compressed_host_ = ~std::uint64_t{0}; // the last decompressed cluster may live there
         if (data_file_) {
             if (auto r = check_io(data_file_->write_at(host, bytes), "writing guest data to the data file"); !r) return r;
             data_file_size_ = std::max(data_file_size_, host + bytes.size());
@@ -1766,6 +1768,17 @@ private:
         if (auto r = img.load_l1(opts); !r) return r.error();
         if (!opts.metadata_only)
             if (auto r = img.open_files(opts, resolve, depth); !r) return r.error();
+        if (img.needs_repair_) {
+            // As QEMU: a writable open of a dirty image rebuilds its refcounts from the metadata.
+            check_options co;
+            co.repair = check_repair::all;
+            auto rep = detail::check_and_repair(img, co);
+            if (!rep) return error(rep.error().code(), detail::cat("could not repair the dirty image: ", rep.error().message()));
+            if (img.header_.incompatible_features & features::dirty::mask)
+                return error{errc::image_corrupt, detail::cat("could not repair the dirty image: ", detail::dec(rep->corruptions),
+                                                              " corruptions and ", detail::dec(rep->check_errors), " check errors remain")};
+            img.needs_repair_ = false;
+        }
         return img;
     }
 
@@ -1944,9 +1957,8 @@ private:
             return r;
         if (writable_ && !repair_mode_ && (header_.incompatible_features & features::corrupt::mask))
             return error{errc::image_corrupt, "the corrupt bit is set; open read-only or repair the image first"};
-        if (writable_ && !repair_mode_ && (header_.incompatible_features & features::dirty::mask))
-            return error{errc::not_supported,
-                         "the dirty bit is set (lazy refcounts); repairing on open is not built: open read-only, or open with open_options::repair and run check with repair"};
+        // A dirty image (lazy refcounts left unclean) is repaired once it is open (open_layer).
+        needs_repair_ = writable_ && !repair_mode_ && (header_.incompatible_features & features::dirty::mask);
         if (auto r = load_snapshots(*file_size); !r) return r;
         if (auto r = load_bitmaps(*file_size); !r) return r;
         if (writable_ && !repair_mode_) {
@@ -2029,6 +2041,7 @@ private:
     Backend file_;
     bool writable_ = false;
     bool repair_mode_ = false;
+    bool needs_repair_ = false;
     [[no_unique_address]] Allocator alloc_;
     std::uint64_t file_size_ = 0;
     l2_geometry geometry_;
