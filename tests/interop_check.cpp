@@ -21,6 +21,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #ifndef QCOW2_TEST_CLI
@@ -360,4 +361,45 @@ TEST_CASE("check: qcow2 check -r repairs as qemu-img check -r does", "[interop]"
             }
         }
     }
+}
+
+TEST_CASE("check: a dirty image is repaired by a writable open, as QEMU repairs it", "[interop]") {
+    REQUIRE(qcow2_test::find_program("qemu-img"));
+    REQUIRE(qcow2_test::find_program("qemu-io"));
+    namespace fs = std::filesystem;
+    qcow2_test::temp_dir dir("qcow2-dirty-open-");
+    // Lazy refcounts, data written, then qemu-io killed: the dirty bit stays, refcounts lag.
+    REQUIRE(qcow2_test::run({"qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "d.qcow2", "16M"}, dir.path()).ok());
+    REQUIRE(qcow2_test::run({"qemu-io", "-c", "write -P 0x11 0 64k", "d.qcow2"}, dir.path()).ok());
+    qcow2_test::run({"qemu-io", "-c", "write -P 0x22 1M 3M", "-c", "write -P 0x33 8M 64k", "-c", "sigraise 9", "d.qcow2"}, dir.path());
+    REQUIRE((header_of(dir / "d.qcow2").incompatible_features & qcow2::features::dirty::mask) != 0);
+    const auto dirty_check = qcow2_test::run({"qemu-img", "check", "d.qcow2"}, dir.path());
+    CHECK(dirty_check.status != 0); // the lagging refcounts are visible before the repair
+    fs::copy_file(dir / "d.qcow2", dir / "q.qcow2");
+    // QEMU repairs on open: a qemu-io session that writes nothing.
+    REQUIRE(qcow2_test::run({"qemu-io", "-c", "flush", "q.qcow2"}, dir.path()).ok());
+
+    {
+        auto file = qcow2::io::posix_file::open(dir / "d.qcow2", qcow2::io::open_mode::read_write);
+        REQUIRE(file);
+        auto img = qcow2::image::open(std::move(*file), qcow2::open_options{.writable = true});
+        REQUIRE(img);
+        CHECK((img->header().incompatible_features & qcow2::features::dirty::mask) == 0);
+        // A write after the repair lands in a consistent image.
+        REQUIRE(img->write(12 << 20, std::vector<std::byte>(4096, std::byte{0x44})));
+        REQUIRE(img->close());
+    }
+
+    const auto after = qcow2_test::run({"qemu-img", "check", "--output=json", "d.qcow2"}, dir.path());
+    INFO(after.out << after.err);
+    CHECK(after.status == 0);
+    for (const auto& [off, len, pat] : std::vector<std::tuple<std::string, std::string, std::string>>{
+             {"0", "64k", "0x11"}, {"1M", "3M", "0x22"}, {"8M", "64k", "0x33"}, {"12M", "4k", "0x44"}}) {
+        const auto r = qcow2_test::run({"qemu-io", "-c", "read -P " + pat + " " + off + " " + len, "d.qcow2"}, dir.path());
+        CHECK(r.ok());
+        CHECK(r.out.find("Pattern verification failed") == std::string::npos);
+    }
+    // Same guest data as QEMU's repaired copy everywhere but the last write.
+    REQUIRE(qcow2_test::run({"qemu-io", "-c", "write -P 0x44 12M 4k", "q.qcow2"}, dir.path()).ok());
+    CHECK(qcow2_test::run({"qemu-img", "compare", "d.qcow2", "q.qcow2"}, dir.path()).ok());
 }

@@ -9,6 +9,8 @@
 #include <catch2/catch.hpp>
 
 #include <cstddef>
+#include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -180,5 +182,149 @@ TEST_CASE("refcount reader: errors name the reftable index", "[refcount]") {
         auto v = r->get(0);
         REQUIRE(v);
         CHECK(*v == 7);
+    }
+}
+
+namespace {
+
+using table_type = qcow2::basic_refcount_table<qcow2::io::memory>;
+
+/// A 512-byte-cluster file whose clusters 0..3 are in use: header, reftable (cluster 1), the
+/// first refcount block (cluster 2), cluster 3; the block counts them.
+qcow2::io::memory used_file(unsigned order, qcow2::header& h) {
+    auto file = make_file(4, order, {2 * cs}, h);
+    std::vector<std::byte> blk(cs);
+    for (std::uint64_t k = 0; k < 4; ++k) qcow2::set_refcount(blk, k, order, 1);
+    REQUIRE(!file.write_at(2 * cs, blk));
+    return file;
+}
+
+std::uint64_t get(table_type& t, qcow2::io::memory& f, std::uint64_t c) {
+    auto v = t.get(f, c);
+    REQUIRE(v);
+    return *v;
+}
+
+} // namespace
+
+TEST_CASE("refcount table: changes of every width, refused past the maximum and below zero", "[refcount]") {
+    for (unsigned order = 0; order <= 6; ++order) {
+        CAPTURE(order);
+        qcow2::header h;
+        auto file = used_file(order, h);
+        auto t = table_type::open(file, h);
+        REQUIRE(t);
+        const std::uint64_t maxv = qcow2::refcount_max(order);
+        CHECK(get(*t, file, 3) == 1);
+        // Up to the maximum, one step at a time for narrow widths.
+        const std::uint64_t step = maxv > 1000 ? std::min<std::uint64_t>(maxv - 1, INT64_MAX) : 1;
+        for (std::uint64_t v = 1; v < maxv; v += step) REQUIRE(t->update(file, 3, 1, static_cast<std::int64_t>(std::min(step, maxv - v))));
+        CHECK(get(*t, file, 3) == maxv);
+        // One more is refused, and refusing changes nothing, for the whole run either.
+        auto over = t->update(file, 2, 2, 1);
+        REQUIRE_FALSE(over);
+        CHECK(over.error() == errc::refcount_overflow);
+        CHECK(get(*t, file, 2) == 1);
+        CHECK(get(*t, file, 3) == maxv);
+        // Below zero is a corruption, refused as a whole too.
+        REQUIRE(t->update(file, 3, 1, -static_cast<std::int64_t>(std::min<std::uint64_t>(maxv, 1u << 30))));
+        if (maxv <= (1u << 30)) {
+            CHECK(get(*t, file, 3) == 0);
+            auto under = t->update(file, 2, 2, -1);
+            REQUIRE_FALSE(under);
+            CHECK(under.error() == errc::image_corrupt);
+            CHECK(get(*t, file, 2) == 1);
+        }
+        // Nothing reaches the file before write_back.
+        auto reader = qcow2::basic_refcount_reader<qcow2::io::memory>::open(file, h);
+        REQUIRE(reader);
+        CHECK(*reader->get(3) == 1);
+        REQUIRE(t->write_back(file));
+        auto reader2 = qcow2::basic_refcount_reader<qcow2::io::memory>::open(file, h);
+        REQUIRE(reader2);
+        CHECK(*reader2->get(3) == get(*t, file, 3));
+    }
+}
+
+TEST_CASE("refcount table: allocation is first fit from the free-cluster hint", "[refcount]") {
+    qcow2::header h;
+    auto file = used_file(4, h);
+    auto t = table_type::open(file, h);
+    REQUIRE(t);
+    auto a = t->allocate(file, 3);
+    REQUIRE(a);
+    CHECK(a->first == 4);
+    CHECK(a->count == 3);
+    auto b = t->allocate(file, 2);
+    REQUIRE(b);
+    CHECK(b->first == 7);
+    // Free one cluster in the middle: a run of one fits there, a run of two does not.
+    std::vector<std::uint64_t> freed;
+    REQUIRE(t->release(file, 5, 1, [&](std::uint64_t c) { freed.push_back(c); }));
+    CHECK(freed == std::vector<std::uint64_t>{5});
+    CHECK(t->free_hint() == 5);
+    auto c = t->allocate(file, 2);
+    REQUIRE(c);
+    CHECK(c->first == 9);
+    auto d = t->allocate(file, 1);
+    REQUIRE(d);
+    CHECK(d->first == 5);
+    // Without `exact`, the first free run is cut to what is free there.
+    REQUIRE(t->release(file, 8, 1, [](std::uint64_t) {}));
+    auto e = t->allocate(file, 4, false);
+    REQUIRE(e);
+    CHECK(e->first == 8);
+    CHECK(e->count == 1);
+    auto zero = t->allocate(file, 0);
+    REQUIRE_FALSE(zero);
+    CHECK(zero.error() == errc::invalid_argument);
+}
+
+TEST_CASE("refcount table: new blocks and a new table describe themselves, the header switches last", "[refcount]") {
+    for (unsigned order : {0u, 4u, 6u}) {
+        CAPTURE(order);
+        qcow2::header h;
+        auto file = used_file(order, h);
+        auto t = table_type::open(file, h);
+        REQUIRE(t);
+        const std::uint64_t per_block = qcow2::refcount_entries_per_block(9, order);
+        const std::uint64_t covered = per_block * (cs / 8); // what one reftable cluster covers
+        // Allocate past the first block: the missing block goes in the first free cluster
+        // (counted by the first block), and the run comes after it.
+        auto a = t->allocate(file, per_block);
+        REQUIRE(a);
+        CHECK(a->first == 5);
+        CHECK(t->table()[1] == 4 * cs);
+        CHECK(get(*t, file, 4) == 1);
+        auto b = t->allocate(file, 2);
+        REQUIRE(b);
+        CHECK(b->first == 5 + per_block);
+        // Fill past what the table covers: it grows, self-describing, and the header moves.
+        auto big = t->allocate(file, covered);
+        REQUIRE(big);
+        REQUIRE(t->write_back(file));
+        CHECK(t->table_offset() != cs);
+        std::vector<std::byte> hb(12);
+        REQUIRE(!file.read_at(48, hb));
+        CHECK(qcow2::detail::load_be64(hb, 0) == t->table_offset());
+        CHECK(qcow2::detail::load_be32(hb, 8) == t->table_clusters());
+        // The old table's cluster was freed, and the next block created went there (the first free cluster).
+        CHECK(std::find(t->table().begin(), t->table().end(), cs) != t->table().end());
+        CHECK(get(*t, file, 1) == 1);
+        // Every block and table cluster has refcount 1.
+        for (std::uint64_t k = 0; k < t->table_clusters(); ++k) CHECK(get(*t, file, (t->table_offset() / cs) + k) == 1);
+        for (const std::uint64_t e : t->table())
+            if (e) CHECK(get(*t, file, e / cs) == 1);
+        // A fresh reader of the file agrees with the table about everything allocated.
+        h.refcount_table_offset = t->table_offset();
+        h.refcount_table_clusters = t->table_clusters();
+        auto reader = qcow2::basic_refcount_reader<qcow2::io::memory>::open(file, h);
+        REQUIRE(reader);
+        for (std::uint64_t c : {std::uint64_t{0}, std::uint64_t{4}, a->first + a->count - 1, b->first, big->first, big->first + big->count - 1})
+            CHECK(*reader->get(c) == get(*t, file, c));
+        CHECK(t->overlaps(t->table_offset(), 1));
+        CHECK(t->overlaps(4 * cs + 100, 1));
+        CHECK_FALSE(t->overlaps(3 * cs, cs));
+        CHECK_FALSE(t->overlaps(5 * cs, cs));
     }
 }

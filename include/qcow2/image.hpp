@@ -1188,10 +1188,13 @@ private:
             }
         }
         std::memcpy(buf.data() + a, data.data(), data.size());
-        if (host >= data_end()) { // past the end of the file: trim the zeroes at the edges
+        if (host >= data_end()) {
+            // Past the end of the file the cluster reads as zero already: trim the zeroes at
+            // the edges, but keep the file reaching into the cluster (qemu-img check counts a
+            // reference that starts at or past the end of the file as a corruption).
             while (lo < hi && buf[static_cast<std::size_t>(lo)] == std::byte{0}) ++lo;
             while (hi > lo && buf[static_cast<std::size_t>(hi - 1)] == std::byte{0}) --hi;
-            if (lo == hi) return {};
+            if (lo == hi) return write_host(host + cluster_size() - 1, std::span<const std::byte>(w_->zeros).first(1));
         }
         return write_host(host + lo, std::span<const std::byte>(buf).subspan(static_cast<std::size_t>(lo), static_cast<std::size_t>(hi - lo)));
     }
@@ -1525,6 +1528,10 @@ private:
             if (auto r = commit(true); !r) return r;
             if (auto r = check_io(file_.flush(), "flushing before the size changes"); !r) return r;
             if (auto r = write_header(); !r) return r;
+            if (data_file_) { // the data file follows the disk, as QEMU truncates it
+                if (auto r = check_io(data_file_->resize(new_size), "truncating the data file"); !r) return r;
+                data_file_size_ = new_size;
+            }
             return truncate_unused();
         }
         if (header_.version == 2 && !snapshots_.empty())
@@ -1534,7 +1541,17 @@ private:
                                                     " bytes, more than 32 MiB")};
         if (need > l1_.size())
             if (auto r = grow_l1(need); !r) return r;
+        if (data_file_ && data_file_size_ < new_size) {
+            if (auto r = check_io(data_file_->resize(new_size), "growing the data file"); !r) return r;
+            data_file_size_ = new_size;
+        }
         header_.size = new_size;
+        if (data_file_raw())
+            // A raw data file maps the whole disk 1:1 (QEMU preallocates metadata when it grows).
+            if (auto r = map_identity((old + cs - 1) & ~(cs - 1), new_size); !r) {
+                header_.size = old;
+                return r;
+            }
         // The new range reads as zero: the rest of the old last cluster may hold old bytes,
         // and a longer backing file must not show through.
         const std::uint64_t zero_end = std::min(new_size, std::max((old + cs - 1) & ~(cs - 1), has_backing() ? backing_size_ : 0));
@@ -1546,6 +1563,27 @@ private:
         if (auto r = commit(true); !r) return r;
         if (auto r = check_io(file_.flush(), "flushing before the size changes"); !r) return r;
         return write_header();
+    }
+
+    /// Maps the unallocated clusters of `[start, end)` to the same offsets of the data file.
+    result<void> map_identity(std::uint64_t start, std::uint64_t end) {
+        const std::uint64_t cs = cluster_size();
+        const std::uint64_t coverage = header_.l1_entry_coverage();
+        const std::uint64_t ept = geometry_.entries_per_table();
+        for (std::uint64_t pos = start; pos < end;) {
+            const std::uint64_t l1_index = pos / coverage;
+            const std::uint64_t table_end = std::min(end, (l1_index + 1) * coverage);
+            auto slot = writable_l2(l1_index);
+            if (!slot) return slot.error();
+            for (std::uint64_t p = pos; p < table_end; p += cs) {
+                const std::uint64_t idx = (p >> header_.cluster_bits) & (ept - 1);
+                if (l2_entry(slot->first, idx) == 0 && l2_bitmap(slot->first, idx) == 0)
+                    set_l2(slot->first, slot->second, idx, p | l2_bits::copied, 0);
+            }
+            l2_cache_->unpin(slot->second);
+            pos = table_end;
+        }
+        return {};
     }
 
     /// After shrinking, cuts the file after the last cluster in use.

@@ -4705,9 +4705,10 @@ struct no_overlap_guard {
  * clusters, the caller flushes the file.
  *
  * @par Growth, in crash-safe order
- * - A missing refcount block (reftable entry 0) is placed at the first cluster of the
- *   range it covers and counts itself: the block is written and flushed before its
- *   reftable entry is written (8 bytes).
+ * - A missing refcount block (reftable entry 0) goes in the first free cluster, as QEMU
+ *   places it: counted by the block covering that cluster (whose change is written first),
+ *   or, when no block covers it, as the block of that cluster's own range, counting itself.
+ *   The block is written and flushed before its reftable entry is written (8 bytes).
  * - A refcount table too small for a cluster is replaced: new blocks for the range past
  *   the old table's coverage and the new table are written there, describing themselves
  *   and the whole new area; the file is flushed; the header is pointed at the new table
@@ -4876,7 +4877,7 @@ public:
         using detail::cat;
         using detail::dec;
         if (count == 0) return error{errc::invalid_argument, "allocating 0 clusters"};
-        for (int attempt = 0; attempt < 64; ++attempt) {
+        for (int attempt = 0; attempt < 4096; ++attempt) {
             auto run = find_free(f, count, exact);
             if (!run) return run.error();
             if (((run->first + run->count) << cluster_bits_) > limits::max_host_offset + 1 || run->first >> (63 - cluster_bits_))
@@ -4889,7 +4890,7 @@ public:
             if (run->first <= hint_) hint_ = run->first + run->count;
             return *run;
         }
-        return error{errc::io_error, "cluster allocation did not settle after 64 attempts"};
+        return error{errc::io_error, "cluster allocation did not settle after 4096 attempts"};
     }
 
     /**
@@ -5048,14 +5049,9 @@ private:
         bool changed = false;
         const std::uint64_t first = run.first >> block_shift(), last = (run.first + run.count - 1) >> block_shift();
         for (std::uint64_t idx = first; idx <= last; ++idx) {
-            if (idx >= table_.size()) {
-                if (auto r = grow_table(f, idx, guard); !r) return r.error();
-                changed = true;
-            }
-            if ((table_[static_cast<std::size_t>(idx)] & reftable_bits::offset_mask) == 0) {
-                if (auto r = create_block(f, idx, guard); !r) return r.error();
-                changed = true;
-            }
+            if (idx < table_.size() && (table_[static_cast<std::size_t>(idx)] & reftable_bits::offset_mask)) continue;
+            if (auto r = add_block(f, idx, guard); !r) return r.error();
+            changed = true;
         }
         return changed;
     }
@@ -5064,16 +5060,34 @@ private:
         return std::vector<std::byte, byte_alloc>(static_cast<std::size_t>(cluster_size()), std::byte{0}, byte_alloc(alloc_));
     }
 
-    void add_block(std::uint64_t offset) { blocks_.insert(std::upper_bound(blocks_.begin(), blocks_.end(), offset), offset); }
+    void add_block_offset(std::uint64_t offset) { blocks_.insert(std::upper_bound(blocks_.begin(), blocks_.end(), offset), offset); }
 
-    /// Creates the refcount block of reftable entry `idx` at the first cluster of its range,
-    /// counting itself: the block is written and flushed, then the reftable entry written.
+    /**
+     * Adds a refcount block for reftable entry `idx`, where QEMU's `alloc_refcount_block` puts
+     * it: in the first free cluster. When a block already covers that cluster, the new block
+     * is counted there (and that refcount written first); when none does, the cluster's own
+     * range gets the block, which then counts itself. The block is written and flushed before
+     * the reftable entry points at it. With no reftable entry for the place, the table grows.
+     */
     template <class Guard>
-    result<void> create_block(Backend& f, std::uint64_t idx, Guard& guard) {
-        const std::uint64_t at = (idx * entries_per_block()) << cluster_bits_;
+    result<void> add_block(Backend& f, std::uint64_t idx, Guard& guard) {
+        if (idx >= table_.size()) return grow_table(f, idx, guard);
+        auto place = find_free(f, 1, true);
+        if (!place) return place.error();
+        const std::uint64_t c = place->first;
+        const std::uint64_t idx_c = c >> block_shift();
+        if (idx_c >= table_.size()) return grow_table(f, idx_c, guard);
+        const std::uint64_t at = c << cluster_bits_;
         if (auto r = guard(at, cluster_size()); !r) return r;
         auto buf = zero_cluster();
-        set_refcount(buf, 0, order_, 1);
+        const bool self = (table_[static_cast<std::size_t>(idx_c)] & reftable_bits::offset_mask) == 0;
+        if (self) {
+            idx = idx_c; // the block for the free cluster's own range, counting itself
+            set_refcount(buf, c & (entries_per_block() - 1), order_, 1);
+        } else {
+            if (auto r = update(f, c, 1, 1); !r) return r;
+            if (auto r = write_back(f); !r) return r;
+        }
         cache_.invalidate(at);
         if (auto r = write(f, at, buf, "writing a new refcount block"); !r) return r;
         if (auto r = flush(f, "flushing a new refcount block"); !r) return r;
@@ -5081,7 +5095,8 @@ private:
         detail::store_be64(e, 0, at);
         if (auto r = write(f, table_offset_ + idx * 8, e, "writing a refcount table entry"); !r) return r;
         table_[static_cast<std::size_t>(idx)] = at;
-        add_block(at);
+        add_block_offset(at);
+        if (c <= hint_) hint_ = c + 1;
         return {};
     }
 
@@ -5138,7 +5153,7 @@ private:
         table_ = std::move(t);
         table_offset_ = table_at;
         table_clusters_ = static_cast<std::uint32_t>(table_clusters);
-        for (std::uint64_t j = 0; j < blocks; ++j) add_block((area + j) << cluster_bits_);
+        for (std::uint64_t j = 0; j < blocks; ++j) add_block_offset((area + j) << cluster_bits_);
         // The header is durable: nothing references the old table, so its clusters are released.
         return update(f, old_at >> cluster_bits_, old_clusters, -1);
     }
@@ -7198,10 +7213,13 @@ private:
             }
         }
         std::memcpy(buf.data() + a, data.data(), data.size());
-        if (host >= data_end()) { // past the end of the file: trim the zeroes at the edges
+        if (host >= data_end()) {
+            // Past the end of the file the cluster reads as zero already: trim the zeroes at
+            // the edges, but keep the file reaching into the cluster (qemu-img check counts a
+            // reference that starts at or past the end of the file as a corruption).
             while (lo < hi && buf[static_cast<std::size_t>(lo)] == std::byte{0}) ++lo;
             while (hi > lo && buf[static_cast<std::size_t>(hi - 1)] == std::byte{0}) --hi;
-            if (lo == hi) return {};
+            if (lo == hi) return write_host(host + cluster_size() - 1, std::span<const std::byte>(w_->zeros).first(1));
         }
         return write_host(host + lo, std::span<const std::byte>(buf).subspan(static_cast<std::size_t>(lo), static_cast<std::size_t>(hi - lo)));
     }
@@ -7535,6 +7553,10 @@ private:
             if (auto r = commit(true); !r) return r;
             if (auto r = check_io(file_.flush(), "flushing before the size changes"); !r) return r;
             if (auto r = write_header(); !r) return r;
+            if (data_file_) { // the data file follows the disk, as QEMU truncates it
+                if (auto r = check_io(data_file_->resize(new_size), "truncating the data file"); !r) return r;
+                data_file_size_ = new_size;
+            }
             return truncate_unused();
         }
         if (header_.version == 2 && !snapshots_.empty())
@@ -7544,7 +7566,17 @@ private:
                                                     " bytes, more than 32 MiB")};
         if (need > l1_.size())
             if (auto r = grow_l1(need); !r) return r;
+        if (data_file_ && data_file_size_ < new_size) {
+            if (auto r = check_io(data_file_->resize(new_size), "growing the data file"); !r) return r;
+            data_file_size_ = new_size;
+        }
         header_.size = new_size;
+        if (data_file_raw())
+            // A raw data file maps the whole disk 1:1 (QEMU preallocates metadata when it grows).
+            if (auto r = map_identity((old + cs - 1) & ~(cs - 1), new_size); !r) {
+                header_.size = old;
+                return r;
+            }
         // The new range reads as zero: the rest of the old last cluster may hold old bytes,
         // and a longer backing file must not show through.
         const std::uint64_t zero_end = std::min(new_size, std::max((old + cs - 1) & ~(cs - 1), has_backing() ? backing_size_ : 0));
@@ -7556,6 +7588,27 @@ private:
         if (auto r = commit(true); !r) return r;
         if (auto r = check_io(file_.flush(), "flushing before the size changes"); !r) return r;
         return write_header();
+    }
+
+    /// Maps the unallocated clusters of `[start, end)` to the same offsets of the data file.
+    result<void> map_identity(std::uint64_t start, std::uint64_t end) {
+        const std::uint64_t cs = cluster_size();
+        const std::uint64_t coverage = header_.l1_entry_coverage();
+        const std::uint64_t ept = geometry_.entries_per_table();
+        for (std::uint64_t pos = start; pos < end;) {
+            const std::uint64_t l1_index = pos / coverage;
+            const std::uint64_t table_end = std::min(end, (l1_index + 1) * coverage);
+            auto slot = writable_l2(l1_index);
+            if (!slot) return slot.error();
+            for (std::uint64_t p = pos; p < table_end; p += cs) {
+                const std::uint64_t idx = (p >> header_.cluster_bits) & (ept - 1);
+                if (l2_entry(slot->first, idx) == 0 && l2_bitmap(slot->first, idx) == 0)
+                    set_l2(slot->first, slot->second, idx, p | l2_bits::copied, 0);
+            }
+            l2_cache_->unpin(slot->second);
+            pos = table_end;
+        }
+        return {};
     }
 
     /// After shrinking, cuts the file after the last cluster in use.

@@ -296,9 +296,10 @@ struct no_overlap_guard {
  * clusters, the caller flushes the file.
  *
  * @par Growth, in crash-safe order
- * - A missing refcount block (reftable entry 0) is placed at the first cluster of the
- *   range it covers and counts itself: the block is written and flushed before its
- *   reftable entry is written (8 bytes).
+ * - A missing refcount block (reftable entry 0) goes in the first free cluster, as QEMU
+ *   places it: counted by the block covering that cluster (whose change is written first),
+ *   or, when no block covers it, as the block of that cluster's own range, counting itself.
+ *   The block is written and flushed before its reftable entry is written (8 bytes).
  * - A refcount table too small for a cluster is replaced: new blocks for the range past
  *   the old table's coverage and the new table are written there, describing themselves
  *   and the whole new area; the file is flushed; the header is pointed at the new table
@@ -467,7 +468,7 @@ public:
         using detail::cat;
         using detail::dec;
         if (count == 0) return error{errc::invalid_argument, "allocating 0 clusters"};
-        for (int attempt = 0; attempt < 64; ++attempt) {
+        for (int attempt = 0; attempt < 4096; ++attempt) {
             auto run = find_free(f, count, exact);
             if (!run) return run.error();
             if (((run->first + run->count) << cluster_bits_) > limits::max_host_offset + 1 || run->first >> (63 - cluster_bits_))
@@ -480,7 +481,7 @@ public:
             if (run->first <= hint_) hint_ = run->first + run->count;
             return *run;
         }
-        return error{errc::io_error, "cluster allocation did not settle after 64 attempts"};
+        return error{errc::io_error, "cluster allocation did not settle after 4096 attempts"};
     }
 
     /**
@@ -639,14 +640,9 @@ private:
         bool changed = false;
         const std::uint64_t first = run.first >> block_shift(), last = (run.first + run.count - 1) >> block_shift();
         for (std::uint64_t idx = first; idx <= last; ++idx) {
-            if (idx >= table_.size()) {
-                if (auto r = grow_table(f, idx, guard); !r) return r.error();
-                changed = true;
-            }
-            if ((table_[static_cast<std::size_t>(idx)] & reftable_bits::offset_mask) == 0) {
-                if (auto r = create_block(f, idx, guard); !r) return r.error();
-                changed = true;
-            }
+            if (idx < table_.size() && (table_[static_cast<std::size_t>(idx)] & reftable_bits::offset_mask)) continue;
+            if (auto r = add_block(f, idx, guard); !r) return r.error();
+            changed = true;
         }
         return changed;
     }
@@ -655,16 +651,34 @@ private:
         return std::vector<std::byte, byte_alloc>(static_cast<std::size_t>(cluster_size()), std::byte{0}, byte_alloc(alloc_));
     }
 
-    void add_block(std::uint64_t offset) { blocks_.insert(std::upper_bound(blocks_.begin(), blocks_.end(), offset), offset); }
+    void add_block_offset(std::uint64_t offset) { blocks_.insert(std::upper_bound(blocks_.begin(), blocks_.end(), offset), offset); }
 
-    /// Creates the refcount block of reftable entry `idx` at the first cluster of its range,
-    /// counting itself: the block is written and flushed, then the reftable entry written.
+    /**
+     * Adds a refcount block for reftable entry `idx`, where QEMU's `alloc_refcount_block` puts
+     * it: in the first free cluster. When a block already covers that cluster, the new block
+     * is counted there (and that refcount written first); when none does, the cluster's own
+     * range gets the block, which then counts itself. The block is written and flushed before
+     * the reftable entry points at it. With no reftable entry for the place, the table grows.
+     */
     template <class Guard>
-    result<void> create_block(Backend& f, std::uint64_t idx, Guard& guard) {
-        const std::uint64_t at = (idx * entries_per_block()) << cluster_bits_;
+    result<void> add_block(Backend& f, std::uint64_t idx, Guard& guard) {
+        if (idx >= table_.size()) return grow_table(f, idx, guard);
+        auto place = find_free(f, 1, true);
+        if (!place) return place.error();
+        const std::uint64_t c = place->first;
+        const std::uint64_t idx_c = c >> block_shift();
+        if (idx_c >= table_.size()) return grow_table(f, idx_c, guard);
+        const std::uint64_t at = c << cluster_bits_;
         if (auto r = guard(at, cluster_size()); !r) return r;
         auto buf = zero_cluster();
-        set_refcount(buf, 0, order_, 1);
+        const bool self = (table_[static_cast<std::size_t>(idx_c)] & reftable_bits::offset_mask) == 0;
+        if (self) {
+            idx = idx_c; // the block for the free cluster's own range, counting itself
+            set_refcount(buf, c & (entries_per_block() - 1), order_, 1);
+        } else {
+            if (auto r = update(f, c, 1, 1); !r) return r;
+            if (auto r = write_back(f); !r) return r;
+        }
         cache_.invalidate(at);
         if (auto r = write(f, at, buf, "writing a new refcount block"); !r) return r;
         if (auto r = flush(f, "flushing a new refcount block"); !r) return r;
@@ -672,7 +686,8 @@ private:
         detail::store_be64(e, 0, at);
         if (auto r = write(f, table_offset_ + idx * 8, e, "writing a refcount table entry"); !r) return r;
         table_[static_cast<std::size_t>(idx)] = at;
-        add_block(at);
+        add_block_offset(at);
+        if (c <= hint_) hint_ = c + 1;
         return {};
     }
 
@@ -729,7 +744,7 @@ private:
         table_ = std::move(t);
         table_offset_ = table_at;
         table_clusters_ = static_cast<std::uint32_t>(table_clusters);
-        for (std::uint64_t j = 0; j < blocks; ++j) add_block((area + j) << cluster_bits_);
+        for (std::uint64_t j = 0; j < blocks; ++j) add_block_offset((area + j) << cluster_bits_);
         // The header is durable: nothing references the old table, so its clusters are released.
         return update(f, old_at >> cluster_bits_, old_clusters, -1);
     }
