@@ -491,6 +491,36 @@ public:
     }
     /// @}
 
+    /**
+     * @brief Empties the image: every cluster becomes unallocated (so the image defers to
+     *        its backing file, or reads zero without one), its host clusters and L2 tables are
+     *        freed and the file is truncated after the last cluster in use; then the
+     *        all-zero bit is set (version 3, no external data file), after the emptying is
+     *        durable. `qcow2::make_empty` wraps the result in the proof.
+     * @par Errors
+     * Those of the guest writes (`read_only`, `image_corrupt`, ...); I/O errors.
+     */
+    result<void> make_empty() {
+        if (auto r = begin_modify(0, 0, false); !r) return r;
+        return guarded(make_empty_impl());
+    }
+
+    /**
+     * @brief Clears the autoclear bits in `mask` (a repair found the all-zero bit wrong):
+     *        rewrites the header and flushes. No-op when none is set.
+     * @par Errors
+     * `read_only`; I/O errors (the header in memory is restored).
+     */
+    result<void> clear_autoclear_bits(std::uint64_t mask) {
+        if (!writable_) return error{errc::read_only, "rewriting the header of an image opened read-only"};
+        if (!(header_.autoclear_features & mask)) return {};
+        const std::uint64_t old = header_.autoclear_features;
+        header_.autoclear_features &= ~mask;
+        auto r = write_header();
+        if (!r) header_.autoclear_features = old;
+        return r;
+    }
+
 
     /// @name Metadata rewrites used by `check` with repair
     /// Each needs a writable image, writes through to the file at once and keeps the image's
@@ -1511,19 +1541,7 @@ private:
             // Everything past the new size goes: whole clusters, then the L2 tables past the new L1 size.
             const std::uint64_t keep_end = std::min(old, (new_size + cs - 1) & ~(cs - 1));
             if (auto r = zero_clusters(keep_end, old, op::full_discard); !r) return r;
-            for (std::uint64_t i = need; i < l1_.size(); ++i) {
-                const std::uint64_t off = l1_[static_cast<std::size_t>(i)] & l2_bits::l1_offset_mask;
-                if (!off) continue;
-                if (l1_[static_cast<std::size_t>(i)] & l2_bits::copied) {
-                    w_->dirty_l2.drop(*l2_cache_, off);
-                    l2_cache_->invalidate(off);
-                }
-                auto& idx = w_->l2_index;
-                if (auto it = std::lower_bound(idx.begin(), idx.end(), off); it != idx.end() && *it == off) idx.erase(it);
-                defer_release(off >> header_.cluster_bits, 1);
-                l1_[static_cast<std::size_t>(i)] = 0;
-                mark_l1(i);
-            }
+            drop_l2_tables(need);
             header_.size = new_size;
             if (auto r = commit(true); !r) return r;
             if (auto r = check_io(file_.flush(), "flushing before the size changes"); !r) return r;
@@ -1563,6 +1581,46 @@ private:
         if (auto r = commit(true); !r) return r;
         if (auto r = check_io(file_.flush(), "flushing before the size changes"); !r) return r;
         return write_header();
+    }
+
+    /// Drops the L2 tables of L1 entries `first` and up (their entries were emptied first).
+    void drop_l2_tables(std::uint64_t first) {
+        for (std::uint64_t i = first; i < l1_.size(); ++i) {
+            const std::uint64_t off = l1_[static_cast<std::size_t>(i)] & l2_bits::l1_offset_mask;
+            if (!off) continue;
+            if (l1_[static_cast<std::size_t>(i)] & l2_bits::copied) { // ours alone (else a snapshot keeps it)
+                w_->dirty_l2.drop(*l2_cache_, off);
+                l2_cache_->invalidate(off);
+            }
+            auto& idx = w_->l2_index;
+            if (auto it = std::lower_bound(idx.begin(), idx.end(), off); it != idx.end() && *it == off) idx.erase(it);
+            defer_release(off >> header_.cluster_bits, 1);
+            l1_[static_cast<std::size_t>(i)] = 0;
+            mark_l1(i);
+        }
+    }
+
+    result<void> make_empty_impl() {
+        if (auto r = zero_clusters(0, header_.size, op::full_discard); !r) return r;
+        drop_l2_tables(0);
+        w_->compressed_next = 0;
+        if (auto r = commit(true); !r) return r;
+        if (auto r = check_io(file_.flush(), "flushing the emptied image"); !r) return r;
+        // Only now, with the emptying durable, may the image claim to read as zero.
+        if (header_.version >= 3 && !geometry_.external_data) {
+            qcow2::header h = header_;
+            if (name_all_zero_bit(h)) {
+                h.autoclear_features |= features::all_zero::mask;
+                const qcow2::header old = std::move(header_);
+                header_ = std::move(h);
+                if (auto r = write_header(); !r) {
+                    header_ = old;
+                    return r;
+                }
+                names_ = header_.feature_names();
+            }
+        }
+        return truncate_unused();
     }
 
     /// Maps the unallocated clusters of `[start, end)` to the same offsets of the data file.
@@ -1668,26 +1726,45 @@ private:
         h.backing_file = o.backing_file;
         lay_out_header(h);
         if (encoded_header_size(h) > cs) return error{errc::backing_name_too_long, "the backing file name does not fit in cluster 0"};
-        if (o.version == 3) {
-            // Name every bit we know (the all-zero bit must be named to be trusted); with small
-            // clusters and a long backing name, only the all-zero bit; else no table and no bit.
-            const bool all_zero = o.data_file.empty();
-            const std::vector<feature_name_entry> tables[2] = {
-                known_features::name_table(), {feature_name_entry{feature_class::autoclear, features::all_zero::bit,
-                                                                  std::string(features::all_zero::name)}}};
-            for (const auto& t : tables) {
-                if (!all_zero && t.size() == 1) break;
-                qcow2::header c = h;
-                c.set_extension(extension_type::feature_names, encode_feature_names(t));
-                lay_out_header(c);
-                if (encoded_header_size(c) <= cs) {
-                    h = std::move(c);
-                    if (all_zero) h.autoclear_features |= features::all_zero::mask;
-                    break;
-                }
+        // Version 3 images without a data file start with the all-zero bit, named in the table.
+        if (o.version == 3 && o.data_file.empty() && name_all_zero_bit(h)) h.autoclear_features |= features::all_zero::mask;
+        else if (o.version == 3) add_feature_names(h);
+        return h; // validated by encode_header, once the layout is known
+    }
+
+    /// Gives `h` a feature name table naming every known bit, when it has none and it fits.
+    static void add_feature_names(qcow2::header& h) {
+        if (h.find_extension(extension_type::feature_names)) return;
+        qcow2::header c = h;
+        c.set_extension(extension_type::feature_names, encode_feature_names(known_features::name_table()));
+        lay_out_header(c);
+        if (encoded_header_size(c) <= c.cluster_size()) h = std::move(c);
+    }
+
+    /**
+     * Names the all-zero bit in `h`'s feature name table, so that readers trust it: a new
+     * table names every known bit, or, where cluster 0 has no room for that (small clusters
+     * and a long backing file name), only the all-zero bit; an existing table gets the entry
+     * (replacing another name for the bit). False when cluster 0 has no room even for that.
+     */
+    static bool name_all_zero_bit(qcow2::header& h) {
+        using az = features::all_zero;
+        std::vector<feature_name_entry> table = h.feature_names();
+        if (table_name(table, az::klass, az::bit) == az::name) return true;
+        std::erase_if(table, [](const feature_name_entry& e) { return e.klass == az::klass && e.bit == az::bit; });
+        table.push_back({az::klass, static_cast<std::uint8_t>(az::bit), std::string(az::name)});
+        const bool fresh = h.find_extension(extension_type::feature_names) == nullptr;
+        const std::vector<feature_name_entry> candidates[2] = {fresh ? known_features::name_table() : table, {table.back()}};
+        for (const auto& t : candidates) {
+            qcow2::header c = h;
+            c.set_extension(extension_type::feature_names, encode_feature_names(t));
+            lay_out_header(c);
+            if (encoded_header_size(c) <= c.cluster_size()) {
+                h = std::move(c);
+                return true;
             }
         }
-        return h; // validated by encode_header, once the layout is known
+        return false;
     }
 
     /**

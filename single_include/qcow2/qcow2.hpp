@@ -5308,23 +5308,58 @@ private:
 
 // ---- begin qcow2/all_zero.hpp ----
 /// @file
-/// @brief `zeroed<Image>`: the proof that an image reads as zero, as a type.
+/// @brief The all-zero autoclear bit as types: `zeroed<Image>`, the proof that an image reads
+///        as zero; `known_zeroes`, the whole backing chain's answer in O(chain length).
 ///
-/// This project's all-zero autoclear bit (bit 2, "all zero") says that every cluster whose
-/// contents come from the image reads as zero. `create` (and, later, `make_empty`) return
-/// the new image wrapped in `zeroed<>`: holding one proves that nothing has been written to
-/// the image since. Only the image type itself can make one.
+/// This project's extension to the format (docs/all-zero-bit.md): autoclear bit 2, named
+/// "all zero" in the image's feature name table, says that every cluster whose contents
+/// come from the image reads as zero. `create` and `make_empty` set it and return the image
+/// wrapped in `zeroed<>`; the first modification that can make anything read non-zero
+/// clears it. Code that relies on zero contents takes a `zeroed<>`, and every call that
+/// changes the image consumes the proof (`&&`), so a stale proof cannot be used.
 
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
 #include <utility>
+#include <vector>
 
 namespace qcow2 {
 
+/// True for image types that maintain the all-zero bit (and so may be asked about it).
+template <class Image>
+concept maintains_all_zero = Image::features_type::template contains<features::all_zero>;
+
+/// What a call that changes a `zeroed<>` image returns: the image, no longer a proof, and the call's result.
+template <class Image>
+struct changed {
+    Image image;          ///< the image, whatever the call did
+    result<void> status;  ///< what the call returned
+};
+
+template <class Image>
+class zeroed;
+
+template <class Image>
+result<zeroed<Image>> make_empty(Image& img);
+template <class Image>
+result<zeroed<Image>> verify_zeroes(Image& img);
+template <class Image>
+    requires maintains_all_zero<Image>
+std::optional<zeroed<Image>> trust_zeroes(Image& img);
+
 /**
- * @brief An image that is known to read as zero (in every cluster whose contents come
- *        from it), because it was just created.
+ * @brief An image known to read as zero in every cluster whose contents come from it.
  *
- * The proof gives const access to the image. `std::move(z).release()` gives the image up
- * for writing, and with it the proof.
+ * Only `create`, `make_empty`, a full verifying scan (`verify_zeroes`) and the image's own
+ * trusted all-zero bit (`trust_zeroes`) make one. Clusters the image leaves unallocated
+ * read from the backing file, if any: `known_zeroes` answers for the whole chain.
+ *
+ * The proof gives const access to the image, reads, and flushes. Every call that changes
+ * the image (`write`, `write_zeroes`, `discard`, `write_compressed`, `resize`) consumes the
+ * proof and returns the plain image with the call's result; `release` gives the image up.
  * @tparam Image a `basic_image` instantiation.
  */
 template <class Image>
@@ -5341,14 +5376,156 @@ public:
     const Image& operator*() const noexcept { return img_; }
     const Image* operator->() const noexcept { return &img_; }
 
+    /// Reads guest data (zeroes, or the backing chain's data where the image defers to it).
+    result<void> read(std::uint64_t offset, std::span<std::byte> out) & { return img_.read(offset, out); }
+    /// Makes completed changes durable; changes nothing the proof covers.
+    result<void> flush() & { return img_.flush(); }
+
+    /// `Image::write`; the image no longer reads as zero.
+    changed<Image> write(std::uint64_t offset, std::span<const std::byte> data) && {
+        auto r = img_.write(offset, data);
+        return {std::move(img_), std::move(r)};
+    }
+    /// `Image::write_zeroes` (with its optional `zero_mode`).
+    template <class... Mode>
+    changed<Image> write_zeroes(std::uint64_t offset, std::uint64_t length, Mode... mode) && {
+        auto r = img_.write_zeroes(offset, length, mode...);
+        return {std::move(img_), std::move(r)};
+    }
+    /// `Image::discard`.
+    changed<Image> discard(std::uint64_t offset, std::uint64_t length) && {
+        auto r = img_.discard(offset, length);
+        return {std::move(img_), std::move(r)};
+    }
+    /// `Image::write_compressed`; the image no longer reads as zero.
+    changed<Image> write_compressed(std::uint64_t offset, std::span<const std::byte> data) && {
+        auto r = img_.write_compressed(offset, data);
+        return {std::move(img_), std::move(r)};
+    }
+    /// `Image::resize`.
+    changed<Image> resize(std::uint64_t new_size) && {
+        auto r = img_.resize(new_size);
+        return {std::move(img_), std::move(r)};
+    }
+
     /// Gives up the proof and returns the image.
     Image release() && noexcept { return std::move(img_); }
 
 private:
     friend Image;
+    friend result<zeroed<Image>> make_empty<Image>(Image&);
+    friend result<zeroed<Image>> verify_zeroes<Image>(Image&);
+    template <class I>
+        requires maintains_all_zero<I>
+    friend std::optional<zeroed<I>> trust_zeroes(I&);
     explicit zeroed(Image&& img) noexcept : img_(std::move(img)) {}
     Image img_;
 };
+
+/**
+ * @brief True when the whole guest disk of `img` reads as zero, known from the all-zero bits
+ *        alone: the bit is set (and trusted) in `img` and in every image of its backing chain.
+ *
+ * A layer larger than its backing image reads zero past the backing image's end, so sizes
+ * do not matter. A raw backing file, or a chain opened metadata-only, is not known zero.
+ * @par Complexity
+ * O(chain length); no I/O (the bits were read when the chain was opened).
+ */
+template <class Image>
+    requires maintains_all_zero<Image>
+bool known_zeroes(const Image& img) noexcept {
+    for (const Image* layer = &img;;) {
+        if (!layer->template has<features::all_zero>()) return false;
+        if (!layer->has_backing() || layer->backing_size() == 0) return true;
+        layer = layer->backing_image();
+        if (!layer) return false;
+    }
+}
+
+namespace detail {
+
+/// The first guest offset whose contents come from `img` itself and do not read as zero,
+/// or nothing. Zero and unallocated runs are skipped from the metadata; data and
+/// compressed runs are read (in pieces of at most 1 MiB).
+template <class Image>
+result<std::optional<std::uint64_t>> first_nonzero(Image& img) {
+    constexpr std::uint64_t chunk = std::uint64_t{1} << 20;
+    std::vector<std::byte> buf;
+    for (std::uint64_t pos = 0; pos < img.size();) {
+        auto m = img.map_range(pos, img.size() - pos);
+        if (!m) return m.error();
+        if (m->state == cluster_state::data || m->state == cluster_state::compressed) {
+            for (std::uint64_t p = pos; p < pos + m->length;) {
+                std::uint64_t n = std::min(chunk, pos + m->length - p);
+                // Holes in the file read as zero: skip them without reading (SEEK_HOLE).
+                if constexpr (io::supports_block_status<typename Image::backend_type>) {
+                    if (m->state == cluster_state::data) {
+                        io::extent_status st;
+                        if (!img.data_backend().block_status(m->host_offset + (p - pos), n, st) && st.length) {
+                            n = std::min(n, st.length);
+                            if (!st.data) {
+                                p += n;
+                                continue;
+                            }
+                        }
+                    }
+                }
+                buf.resize(static_cast<std::size_t>(n));
+                // Only this layer: a data or compressed run never defers to the backing file.
+                if (auto r = img.read(p, buf); !r) return r.error();
+                const auto nz = std::find_if(buf.begin(), buf.end(), [](std::byte b) { return b != std::byte{0}; });
+                if (nz != buf.end()) return std::optional<std::uint64_t>(p + static_cast<std::uint64_t>(nz - buf.begin()));
+                p += n;
+            }
+        }
+        pos += m->length;
+    }
+    return std::optional<std::uint64_t>{};
+}
+
+} // namespace detail
+
+/**
+ * @brief The proof for `img`, made by reading it: every cluster whose contents come from it
+ *        reads as zero. On success `img` is moved into the proof; on failure it is untouched.
+ * @par Errors
+ * `invalid_argument` naming the first guest offset that reads non-zero; read errors.
+ * @par Complexity
+ * One pass over the L1 and L2 tables, plus a read of every data and compressed cluster.
+ */
+template <class Image>
+result<zeroed<Image>> verify_zeroes(Image& img) {
+    auto nz = detail::first_nonzero(img);
+    if (!nz) return nz.error();
+    if (*nz) return error{errc::invalid_argument, detail::cat("guest offset ", detail::dec(**nz), " does not read as zero")};
+    return zeroed<Image>(std::move(img));
+}
+
+/**
+ * @brief The proof for `img` from its own all-zero bit (set and trusted), in O(1); nothing
+ *        when the bit is not there. On success `img` is moved into the proof.
+ *
+ * The bit says what the proof says, and only `create` and `make_empty` set it.
+ */
+template <class Image>
+    requires maintains_all_zero<Image>
+std::optional<zeroed<Image>> trust_zeroes(Image& img) {
+    if (!img.template has<features::all_zero>()) return std::nullopt;
+    return zeroed<Image>(std::move(img));
+}
+
+/**
+ * @brief Empties `img` (every cluster unallocated, its host clusters freed, as QEMU's
+ *        `make_empty` does for `qemu-img commit`) and sets its all-zero bit; on success the
+ *        image is moved into the returned proof.
+ * @par Errors
+ * Those of `Image::make_empty`.
+ */
+template <class Image>
+result<zeroed<Image>> make_empty(Image& img) {
+    if (auto r = img.make_empty(); !r) return r.error();
+    return zeroed<Image>(std::move(img));
+}
 
 } // namespace qcow2
 // ---- end qcow2/all_zero.hpp ----
@@ -6026,19 +6203,49 @@ result<check_report> check_pass(Image& img, const check_options& opts, check_rep
     return run_check<std::uint64_t>(img, opts, *reader, *len, nb, fix);
 }
 
+/// This project's addition to QEMU's check: a set (and trusted) all-zero bit must be true.
+/// A cluster of the image that does not read as zero is a corruption; repairing all clears
+/// the bit. Metadata too broken to read is left to the refcount check, which reports it.
+template <class Image>
+result<void> check_all_zero_bit(Image& img, const check_options& opts, check_report& rep, bool fix) {
+    if (!img.template has<features::all_zero>()) return {};
+    auto nz = first_nonzero(img);
+    if (!nz || !*nz) return {};
+    auto say = [&](std::string_view verb) {
+        if (opts.on_problem)
+            opts.on_problem(cat(verb, " the all-zero bit is set, but guest offset ", dec(**nz), " does not read as zero"));
+    };
+    if (!fix) {
+        say("ERROR");
+        ++rep.corruptions;
+        return {};
+    }
+    say("Repairing");
+    if (auto r = img.clear_autoclear_bits(features::all_zero::mask); !r) return r;
+    ++rep.corruptions_fixed;
+    return {};
+}
+
 /// QEMU's `qcow2_co_check` with repair: a pass that repairs, and a second pass that reports
 /// what is left (see `qcow2::check`).
 template <class Image>
 result<check_report> check_and_repair(Image& img, const check_options& opts) {
-    if (opts.repair == check_repair::none) return check_pass(img, opts, check_repair::none);
+    if (opts.repair == check_repair::none) {
+        auto rep = check_pass(img, opts, check_repair::none);
+        if (rep)
+            if (auto r = check_all_zero_bit(img, opts, *rep, false); !r) return r.error();
+        return rep;
+    }
     if (img.read_only()) return error{errc::read_only, "repairing an image opened read-only"};
     auto first = check_pass(img, opts, opts.repair);
     if (!first) return first;
+    if (auto r = check_all_zero_bit(img, opts, *first, opts.repair == check_repair::all); !r) return r.error();
     if (auto r = img.flush(); !r) return r.error();
     check_report rep = *first;
     if (first->corruptions_fixed || first->leaks_fixed) {
         auto again = check_pass(img, opts, check_repair::none);
         if (!again) return again;
+        if (auto r = check_all_zero_bit(img, opts, *again, false); !r) return r.error();
         rep = *again;
         rep.corruptions_fixed = first->corruptions_fixed;
         rep.leaks_fixed = first->leaks_fixed;
@@ -6516,6 +6723,36 @@ public:
         if (w_) (void)close();
     }
     /// @}
+
+    /**
+     * @brief Empties the image: every cluster becomes unallocated (so the image defers to
+     *        its backing file, or reads zero without one), its host clusters and L2 tables are
+     *        freed and the file is truncated after the last cluster in use; then the
+     *        all-zero bit is set (version 3, no external data file), after the emptying is
+     *        durable. `qcow2::make_empty` wraps the result in the proof.
+     * @par Errors
+     * Those of the guest writes (`read_only`, `image_corrupt`, ...); I/O errors.
+     */
+    result<void> make_empty() {
+        if (auto r = begin_modify(0, 0, false); !r) return r;
+        return guarded(make_empty_impl());
+    }
+
+    /**
+     * @brief Clears the autoclear bits in `mask` (a repair found the all-zero bit wrong):
+     *        rewrites the header and flushes. No-op when none is set.
+     * @par Errors
+     * `read_only`; I/O errors (the header in memory is restored).
+     */
+    result<void> clear_autoclear_bits(std::uint64_t mask) {
+        if (!writable_) return error{errc::read_only, "rewriting the header of an image opened read-only"};
+        if (!(header_.autoclear_features & mask)) return {};
+        const std::uint64_t old = header_.autoclear_features;
+        header_.autoclear_features &= ~mask;
+        auto r = write_header();
+        if (!r) header_.autoclear_features = old;
+        return r;
+    }
 
     /// @name Metadata rewrites used by `check` with repair
     /// Each needs a writable image, writes through to the file at once and keeps the image's
@@ -7536,19 +7773,7 @@ private:
             // Everything past the new size goes: whole clusters, then the L2 tables past the new L1 size.
             const std::uint64_t keep_end = std::min(old, (new_size + cs - 1) & ~(cs - 1));
             if (auto r = zero_clusters(keep_end, old, op::full_discard); !r) return r;
-            for (std::uint64_t i = need; i < l1_.size(); ++i) {
-                const std::uint64_t off = l1_[static_cast<std::size_t>(i)] & l2_bits::l1_offset_mask;
-                if (!off) continue;
-                if (l1_[static_cast<std::size_t>(i)] & l2_bits::copied) {
-                    w_->dirty_l2.drop(*l2_cache_, off);
-                    l2_cache_->invalidate(off);
-                }
-                auto& idx = w_->l2_index;
-                if (auto it = std::lower_bound(idx.begin(), idx.end(), off); it != idx.end() && *it == off) idx.erase(it);
-                defer_release(off >> header_.cluster_bits, 1);
-                l1_[static_cast<std::size_t>(i)] = 0;
-                mark_l1(i);
-            }
+            drop_l2_tables(need);
             header_.size = new_size;
             if (auto r = commit(true); !r) return r;
             if (auto r = check_io(file_.flush(), "flushing before the size changes"); !r) return r;
@@ -7588,6 +7813,46 @@ private:
         if (auto r = commit(true); !r) return r;
         if (auto r = check_io(file_.flush(), "flushing before the size changes"); !r) return r;
         return write_header();
+    }
+
+    /// Drops the L2 tables of L1 entries `first` and up (their entries were emptied first).
+    void drop_l2_tables(std::uint64_t first) {
+        for (std::uint64_t i = first; i < l1_.size(); ++i) {
+            const std::uint64_t off = l1_[static_cast<std::size_t>(i)] & l2_bits::l1_offset_mask;
+            if (!off) continue;
+            if (l1_[static_cast<std::size_t>(i)] & l2_bits::copied) { // ours alone (else a snapshot keeps it)
+                w_->dirty_l2.drop(*l2_cache_, off);
+                l2_cache_->invalidate(off);
+            }
+            auto& idx = w_->l2_index;
+            if (auto it = std::lower_bound(idx.begin(), idx.end(), off); it != idx.end() && *it == off) idx.erase(it);
+            defer_release(off >> header_.cluster_bits, 1);
+            l1_[static_cast<std::size_t>(i)] = 0;
+            mark_l1(i);
+        }
+    }
+
+    result<void> make_empty_impl() {
+        if (auto r = zero_clusters(0, header_.size, op::full_discard); !r) return r;
+        drop_l2_tables(0);
+        w_->compressed_next = 0;
+        if (auto r = commit(true); !r) return r;
+        if (auto r = check_io(file_.flush(), "flushing the emptied image"); !r) return r;
+        // Only now, with the emptying durable, may the image claim to read as zero.
+        if (header_.version >= 3 && !geometry_.external_data) {
+            qcow2::header h = header_;
+            if (name_all_zero_bit(h)) {
+                h.autoclear_features |= features::all_zero::mask;
+                const qcow2::header old = std::move(header_);
+                header_ = std::move(h);
+                if (auto r = write_header(); !r) {
+                    header_ = old;
+                    return r;
+                }
+                names_ = header_.feature_names();
+            }
+        }
+        return truncate_unused();
     }
 
     /// Maps the unallocated clusters of `[start, end)` to the same offsets of the data file.
@@ -7693,26 +7958,45 @@ private:
         h.backing_file = o.backing_file;
         lay_out_header(h);
         if (encoded_header_size(h) > cs) return error{errc::backing_name_too_long, "the backing file name does not fit in cluster 0"};
-        if (o.version == 3) {
-            // Name every bit we know (the all-zero bit must be named to be trusted); with small
-            // clusters and a long backing name, only the all-zero bit; else no table and no bit.
-            const bool all_zero = o.data_file.empty();
-            const std::vector<feature_name_entry> tables[2] = {
-                known_features::name_table(), {feature_name_entry{feature_class::autoclear, features::all_zero::bit,
-                                                                  std::string(features::all_zero::name)}}};
-            for (const auto& t : tables) {
-                if (!all_zero && t.size() == 1) break;
-                qcow2::header c = h;
-                c.set_extension(extension_type::feature_names, encode_feature_names(t));
-                lay_out_header(c);
-                if (encoded_header_size(c) <= cs) {
-                    h = std::move(c);
-                    if (all_zero) h.autoclear_features |= features::all_zero::mask;
-                    break;
-                }
+        // Version 3 images without a data file start with the all-zero bit, named in the table.
+        if (o.version == 3 && o.data_file.empty() && name_all_zero_bit(h)) h.autoclear_features |= features::all_zero::mask;
+        else if (o.version == 3) add_feature_names(h);
+        return h; // validated by encode_header, once the layout is known
+    }
+
+    /// Gives `h` a feature name table naming every known bit, when it has none and it fits.
+    static void add_feature_names(qcow2::header& h) {
+        if (h.find_extension(extension_type::feature_names)) return;
+        qcow2::header c = h;
+        c.set_extension(extension_type::feature_names, encode_feature_names(known_features::name_table()));
+        lay_out_header(c);
+        if (encoded_header_size(c) <= c.cluster_size()) h = std::move(c);
+    }
+
+    /**
+     * Names the all-zero bit in `h`'s feature name table, so that readers trust it: a new
+     * table names every known bit, or, where cluster 0 has no room for that (small clusters
+     * and a long backing file name), only the all-zero bit; an existing table gets the entry
+     * (replacing another name for the bit). False when cluster 0 has no room even for that.
+     */
+    static bool name_all_zero_bit(qcow2::header& h) {
+        using az = features::all_zero;
+        std::vector<feature_name_entry> table = h.feature_names();
+        if (table_name(table, az::klass, az::bit) == az::name) return true;
+        std::erase_if(table, [](const feature_name_entry& e) { return e.klass == az::klass && e.bit == az::bit; });
+        table.push_back({az::klass, static_cast<std::uint8_t>(az::bit), std::string(az::name)});
+        const bool fresh = h.find_extension(extension_type::feature_names) == nullptr;
+        const std::vector<feature_name_entry> candidates[2] = {fresh ? known_features::name_table() : table, {table.back()}};
+        for (const auto& t : candidates) {
+            qcow2::header c = h;
+            c.set_extension(extension_type::feature_names, encode_feature_names(t));
+            lay_out_header(c);
+            if (encoded_header_size(c) <= c.cluster_size()) {
+                h = std::move(c);
+                return true;
             }
         }
-        return h; // validated by encode_header, once the layout is known
+        return false;
     }
 
     /**

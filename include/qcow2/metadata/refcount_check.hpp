@@ -12,6 +12,7 @@
 /// broken refcount structures are rebuilt (`rebuild_refcount_structure`).
 #pragma once
 
+#include "qcow2/all_zero.hpp"
 #include "qcow2/config.hpp"
 #include "qcow2/detail/checked.hpp"
 #include "qcow2/detail/endian.hpp"
@@ -674,19 +675,49 @@ result<check_report> check_pass(Image& img, const check_options& opts, check_rep
     return run_check<std::uint64_t>(img, opts, *reader, *len, nb, fix);
 }
 
+/// This project's addition to QEMU's check: a set (and trusted) all-zero bit must be true.
+/// A cluster of the image that does not read as zero is a corruption; repairing all clears
+/// the bit. Metadata too broken to read is left to the refcount check, which reports it.
+template <class Image>
+result<void> check_all_zero_bit(Image& img, const check_options& opts, check_report& rep, bool fix) {
+    if (!img.template has<features::all_zero>()) return {};
+    auto nz = first_nonzero(img);
+    if (!nz || !*nz) return {};
+    auto say = [&](std::string_view verb) {
+        if (opts.on_problem)
+            opts.on_problem(cat(verb, " the all-zero bit is set, but guest offset ", dec(**nz), " does not read as zero"));
+    };
+    if (!fix) {
+        say("ERROR");
+        ++rep.corruptions;
+        return {};
+    }
+    say("Repairing");
+    if (auto r = img.clear_autoclear_bits(features::all_zero::mask); !r) return r;
+    ++rep.corruptions_fixed;
+    return {};
+}
+
 /// QEMU's `qcow2_co_check` with repair: a pass that repairs, and a second pass that reports
 /// what is left (see `qcow2::check`).
 template <class Image>
 result<check_report> check_and_repair(Image& img, const check_options& opts) {
-    if (opts.repair == check_repair::none) return check_pass(img, opts, check_repair::none);
+    if (opts.repair == check_repair::none) {
+        auto rep = check_pass(img, opts, check_repair::none);
+        if (rep)
+            if (auto r = check_all_zero_bit(img, opts, *rep, false); !r) return r.error();
+        return rep;
+    }
     if (img.read_only()) return error{errc::read_only, "repairing an image opened read-only"};
     auto first = check_pass(img, opts, opts.repair);
     if (!first) return first;
+    if (auto r = check_all_zero_bit(img, opts, *first, opts.repair == check_repair::all); !r) return r.error();
     if (auto r = img.flush(); !r) return r.error();
     check_report rep = *first;
     if (first->corruptions_fixed || first->leaks_fixed) {
         auto again = check_pass(img, opts, check_repair::none);
         if (!again) return again;
+        if (auto r = check_all_zero_bit(img, opts, *again, false); !r) return r.error();
         rep = *again;
         rep.corruptions_fixed = first->corruptions_fixed;
         rep.leaks_fixed = first->leaks_fixed;
