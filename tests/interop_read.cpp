@@ -570,9 +570,11 @@ TEST_CASE("read interop: qcow2 map of a raw backing file of an odd size", "[inte
 
 TEST_CASE("read interop: convert and compare refuse what qemu-img refuses", "[interop]") {
     const corpus& c = require_corpus();
-    process_result p = run_in(c, {QCOW2_TEST_CLI, "convert", "-O", "qcow2", "cluster_size_64K.qcow2", "out/x.qcow2"});
-    CHECK(p.status == 1);
-    CHECK(p.err == "qcow2: convert -O qcow2 is not built yet\n");
+    process_result p = run_in(c, {QCOW2_TEST_CLI, "convert", "-O", "foo", "cluster_size_64K.qcow2", "out/x.foo"});
+    const process_result q = run_in(c, {"qemu-img", "convert", "-O", "foo", "cluster_size_64K.qcow2", "out/x.foo"});
+    CHECK(p.status == q.status);
+    CHECK(p.err == "qcow2: Unknown file format 'foo'\n");
+    CHECK(q.err == "qemu-img: Unknown file format 'foo'\n");
     p = run_in(c, {QCOW2_TEST_CLI, "convert", "-O", "raw", "missing.qcow2", "out/x.raw"});
     CHECK(p.status == 1);
     CHECK_THAT(p.err, Catch::Matchers::StartsWith("qcow2: Could not open 'missing.qcow2': "));

@@ -1,16 +1,27 @@
 // SPDX-License-Identifier: MIT
-// qcow2 convert [-f qcow2|raw] [-O raw] [-m N] [-p] [-q] SRC DST
+// qcow2 convert [-f qcow2|raw] [-O raw|qcow2] [-o OPTIONS] [-c] [-n] [-m N] [-p] [-q] SRC DST
 //
-// Writes the guest disk of SRC (a qcow2 image with its backing chain, or a raw file) to
-// DST as a raw file. A regular DST is created (or truncated), sized to the virtual size,
-// and written sparsely: ranges the metadata says read as zeroes are never read, and
-// 4 KiB blocks of zeroes in the data read are not written, leaving holes. Any other DST
-// (a pipe such as /dev/stdout, a character or block device) gets every byte in order.
-// A regular DST is written by up to N threads (-m, default one per CPU up to 4), each
-// with its own open instance of SRC.
+// Writes the guest disk of SRC (a qcow2 image with its backing chain, or a raw file) to DST.
+//
+// -O raw (the default, as in qemu-img): a regular DST is created (or truncated), sized to
+// the virtual size, and written sparsely: ranges the metadata says read as zeroes are never
+// read, and 4 KiB blocks of zeroes in the data read are not written, leaving holes. Any
+// other DST (a pipe such as /dev/stdout, a character or block device) gets every byte in
+// order. A regular DST is written by up to N threads (-m, default one per CPU up to 4),
+// each with its own open instance of SRC.
+//
+// -O qcow2: DST is created with the -o options of `create` (the size is SRC's; backing
+// files are not built), then written cluster by cluster: clusters that read as zeroes are
+// skipped (a new image reads as zero), the others written, or with -c written compressed
+// with the image's codec (-o compression_type=). One thread writes.
+//
+// -n: DST exists and is written over (no -o); it must be at least as large as SRC. Ranges
+// that read as zeroes in SRC are zeroed in DST, so that DST reads exactly as SRC.
+// -p prints qemu-img's progress; messages and exit status (0, or 1 on error) are qemu-img's.
 #pragma once
 
 #include "common.hpp"
+#include "create.hpp"
 #include "source.hpp"
 
 #include <algorithm>
@@ -62,7 +73,35 @@ public:
         return o;
     }
 
-    raw_output(raw_output&& o) noexcept : fd_(std::exchange(o.fd_, -1)), sequential_(o.sequential_), next_(o.next_) {}
+    /// Opens the existing `path` to be written over (`convert -n`): every byte of the guest
+    /// disk is written, zeroes included. Prints the error on failure, and when a regular
+    /// file is smaller than `size` (counted in whole sectors, as QEMU does).
+    static std::optional<raw_output> open_existing(const std::string& path, std::uint64_t size) {
+        raw_output o;
+        do {
+            o.fd_ = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+        } while (o.fd_ < 0 && errno == EINTR);
+        if (o.fd_ < 0) {
+            fail("Could not open '" + path + "': " + std::strerror(errno));
+            return std::nullopt;
+        }
+        struct stat st {};
+        if (::fstat(o.fd_, &st) != 0) {
+            fail("Could not open '" + path + "': " + std::strerror(errno));
+            return std::nullopt;
+        }
+        o.sequential_ = !S_ISREG(st.st_mode);
+        o.dense_ = true;
+        const auto sectors = (static_cast<std::uint64_t>(st.st_size) + sector_size - 1) / sector_size;
+        if (!o.sequential_ && sectors * sector_size < size) {
+            fail("output file is smaller than input file");
+            return std::nullopt;
+        }
+        return o;
+    }
+
+    raw_output(raw_output&& o) noexcept
+        : fd_(std::exchange(o.fd_, -1)), sequential_(o.sequential_), dense_(o.dense_), next_(o.next_) {}
     raw_output& operator=(raw_output&&) = delete;
     ~raw_output() {
         if (fd_ >= 0) ::close(fd_);
@@ -70,6 +109,8 @@ public:
 
     /// True when the output is not a regular file: every byte must be written, in order.
     bool sequential() const noexcept { return sequential_; }
+    /// True when every byte must be written, zeroes included (a stream, or a file written over).
+    bool dense() const noexcept { return sequential_ || dense_; }
 
     /// Writes `in` at `offset` (in order, with no gap, when sequential).
     std::error_code write_at(std::uint64_t offset, std::span<const std::byte> in) {
@@ -103,6 +144,7 @@ private:
     raw_output() = default;
     int fd_ = -1;
     bool sequential_ = false;
+    bool dense_ = false;
     std::uint64_t next_ = 0;
 };
 
@@ -151,8 +193,8 @@ std::string convert_range(disk& src, raw_output& out, std::uint64_t begin, std::
         if (!run) return "error while reading block status at offset " + std::to_string(pos) + ": " + run.error().what();
         const std::uint64_t run_end = pos + run->length;
         if (run->zero()) {
-            // Already zero in a fresh regular file; a stream needs the bytes.
-            if (out.sequential()) {
+            // Already zero in a fresh regular file; a stream or a file written over needs the bytes.
+            if (out.dense()) {
                 std::fill(buf.begin(), buf.end(), std::byte{0});
                 for (std::uint64_t at = pos; at < run_end;) {
                     const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(run_end - at, chunk));
@@ -169,7 +211,7 @@ std::string convert_range(disk& src, raw_output& out, std::uint64_t begin, std::
             const auto data = std::span(buf).first(n);
             if (auto r = src.read(pos, data); !r)
                 return "error while reading at byte " + std::to_string(pos) + ": " + r.error().what();
-            if (out.sequential()) {
+            if (out.dense()) {
                 if (auto ec = out.write_at(pos, data)) return write_failed(pos, ec);
             } else {
                 // Write the runs of non-zero blocks (blocks aligned to the guest disk).
@@ -257,9 +299,92 @@ inline bool convert_to_raw(disk& src, raw_output& out, progress_meter& meter, un
     return true;
 }
 
+/**
+ * Copies the guest disk of `src` into the qcow2 image `dst`; the error message, empty on success.
+ *
+ * Works in 2 MiB units of whole clusters of `dst`: a unit the metadata says reads as zeroes
+ * is not read; in the others, clusters that read as zeroes are skipped when `fresh` (a new
+ * image reads as zero) and zeroed otherwise, and the rest is written, in runs of
+ * contiguous clusters, or one compressed cluster at a time when `compressed`.
+ */
+inline std::string convert_to_qcow2(disk& src, qcow2::image& dst, bool fresh, bool compressed, progress_meter& meter) {
+    const std::uint64_t size = src.size();
+    const std::uint64_t cs = dst.cluster_size();
+    const std::uint64_t unit = std::max<std::uint64_t>(cs, std::uint64_t{2} << 20);
+    std::vector<std::byte> buf(static_cast<std::size_t>(unit));
+    const auto write_failed = [](std::uint64_t at, const qcow2::error& e) {
+        return "error while writing at byte " + std::to_string(at) + ": " + e.what();
+    };
+    // [begin, end) reads as zeroes: nothing to do in a new image, else zero it.
+    const auto zeroes = [&](std::uint64_t begin, std::uint64_t end) -> std::string {
+        if (fresh || begin == end) return {};
+        if (auto r = dst.write_zeroes(begin, end - begin, qcow2::zero_mode::unmap); !r)
+            return write_failed(begin, r.error());
+        return {};
+    };
+    for (std::uint64_t pos = 0; pos < size;) {
+        const std::uint64_t end = std::min(size, pos + unit);
+        bool known_zero = true;
+        for (std::uint64_t at = pos; known_zero && at < end;) {
+            auto run = src.status(at, end - at);
+            if (!run)
+                return "error while reading block status at offset " + std::to_string(at) + ": " + run.error().what();
+            known_zero = run->zero();
+            at += run->length;
+        }
+        if (known_zero) {
+            if (auto err = zeroes(pos, end); !err.empty()) return err;
+            meter.update(end, size);
+            pos = end;
+            continue;
+        }
+        const auto data = std::span(buf).first(static_cast<std::size_t>(end - pos));
+        if (auto r = src.read(pos, data); !r)
+            return "error while reading at byte " + std::to_string(pos) + ": " + r.error().what();
+        // Runs of clusters that are all zeroes, and of clusters that are not.
+        std::uint64_t run_start = pos;
+        bool run_zero = true;
+        const auto flush_run = [&](std::uint64_t run_end) -> std::string {
+            if (run_zero) return zeroes(run_start, run_end);
+            const auto part =
+                data.subspan(static_cast<std::size_t>(run_start - pos), static_cast<std::size_t>(run_end - run_start));
+            if (compressed) {
+                // One cluster at a time. A last cluster that SRC ends inside is compressed
+                // only when it is also the last of DST (then it reads as zeroes after SRC's
+                // end); else it is written plain, keeping what DST holds after SRC's end.
+                for (std::uint64_t at = run_start; at < run_end; at += cs) {
+                    const auto n = static_cast<std::size_t>(std::min(cs, run_end - at));
+                    const auto cluster = part.subspan(static_cast<std::size_t>(at - run_start), n);
+                    auto r = n == cs || at + n == dst.size() ? dst.write_compressed(at, cluster) : dst.write(at, cluster);
+                    if (!r) return write_failed(at, r.error());
+                }
+            } else if (auto r = dst.write(run_start, part); !r) {
+                return write_failed(run_start, r.error());
+            }
+            return {};
+        };
+        for (std::uint64_t at = pos; at < end;) {
+            const std::uint64_t next = std::min(end, at + cs);
+            const bool zero =
+                is_zero(data.subspan(static_cast<std::size_t>(at - pos), static_cast<std::size_t>(next - at)));
+            if (zero != run_zero) {
+                if (auto err = flush_run(at); !err.empty()) return err;
+                run_start = at;
+                run_zero = zero;
+            }
+            at = next;
+        }
+        if (auto err = flush_run(end); !err.empty()) return err;
+        meter.update(end, size);
+        pos = end;
+    }
+    return {};
+}
+
 inline int convert_command(const std::vector<std::string>& args) {
     std::string in_format, out_format = "raw", value;
-    bool show_progress = false;
+    std::vector<std::string> lists;
+    bool show_progress = false, compressed = false, skip_create = false;
     // Like qemu-img's -m (8 coroutines), but threads: one per CPU, at most 4, by default.
     unsigned workers = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
     std::vector<std::string> files;
@@ -276,34 +401,88 @@ inline int convert_command(const std::vector<std::string>& args) {
         } else if (take_value(args, k, "-O", value)) {
             if (value.empty()) return fail("convert: option -O requires an argument"), 1;
             out_format = value;
+        } else if (take_value(args, k, "-o", value)) {
+            if (!create_opts::valid_list(value)) return 1;
+            lists.push_back(value);
         } else if (take_value(args, k, "-m", value)) {
             char* end = nullptr;
             const unsigned long n = std::strtoul(value.c_str(), &end, 10);
             if (value.empty() || *end != '\0' || n < 1 || n > 16)
                 return fail("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16"), 1;
             workers = static_cast<unsigned>(n);
+        } else if (a == "-c") {
+            compressed = true;
+        } else if (a == "-n") {
+            skip_create = true;
         } else if (a == "-p") {
             show_progress = true;
         } else if (a == "-q" || a == "-U" || a == "--force-share") {
             // -q: nothing is printed but errors anyway; -U: this tool takes no locks.
+        } else if (a == "-B") {
+            return fail("convert: backing files for the output (-B) are not built"), 1;
         } else {
             return fail("convert: unknown option '" + a + "'"), 1;
         }
     }
-    if (out_format == "qcow2") return fail("convert -O qcow2 is not built yet"), 1;
-    if (out_format != "raw") return fail("Unknown file format '" + out_format + "'"), 1;
+    if (create_opts::wants_help(lists)) {
+        if (out_format != "qcow2") return fail("convert: -o is supported with -O qcow2 only"), 1;
+        create_opts::print_help();
+        return 0;
+    }
+    if (skip_create && !lists.empty()) return fail("-o has no effect when skipping image creation"), 1;
     if (!in_format.empty() && in_format != "qcow2" && in_format != "raw")
         return fail("Unknown file format '" + in_format + "'"), 1;
     if (files.size() < 2) return fail("Must specify image file name"), 1;
     if (files.size() > 2) return fail("convert: only one source image is supported"), 1;
+    const std::string& dst = files[1];
 
     auto src = disk::open(files[0], in_format);
     if (!src) return 1;
-    auto out = raw_output::create(files[1], src->size());
-    if (!out) return 1;
+    if (out_format != "raw" && out_format != "qcow2") return fail("Unknown file format '" + out_format + "'"), 1;
+
+    if (out_format == "raw") {
+        if (!lists.empty()) return fail("convert: -o is supported with -O qcow2 only"), 1;
+        if (compressed) return fail("Compression not supported for this file format"), 1;
+        auto out = skip_create ? raw_output::open_existing(dst, src->size()) : raw_output::create(dst, src->size());
+        if (!out) return 1;
+        progress_meter meter(show_progress);
+        if (!convert_to_raw(*src, *out, meter, workers)) return 1;
+        if (auto ec = out->close()) return fail("error while closing '" + dst + "': " + ec.message()), 1;
+        meter.finish();
+        return 0;
+    }
+
+    std::optional<qcow2::image> img;
+    if (skip_create) {
+        auto file = qcow2::io::posix_file::open(dst, qcow2::io::open_mode::read_write);
+        if (!file) return open_failed(dst, file.error());
+        if (probe_format(*file) != "qcow2")
+            return fail("Could not open '" + dst + "': Image is not in qcow2 format"), 1;
+        auto opened = qcow2::image::open(std::move(*file), qcow2::open_options{.writable = true},
+                                         qcow2::posix_resolver(dst, {.allow_absolute = true, .allow_outside = true}));
+        if (!opened) return open_failed(dst, opened.error());
+        if (opened->size() < src->size()) return fail("output file is smaller than input file"), 1;
+        img.emplace(std::move(*opened));
+    } else {
+        create_opts opts;
+        for (const auto& l : lists)
+            if (std::string err = opts.parse(l); !err.empty()) return fail(err), 1;
+        if (opts.has("backing_file"))
+            return fail("convert: backing files for the output (-o backing_file) are not built"), 1;
+        opts.set_number("size", src->size());
+        if (const auto* p = opts.text("preallocation"); compressed && p && *p != "off")
+            return fail("Compression and preallocation not supported at the same time"), 1;
+        qcow2::create_options o;
+        std::string err = opts.to_library(o);
+        std::optional<qcow2::zeroed<qcow2::image>> z;
+        if (err.empty()) z = create_image(dst, o, err);
+        if (!z) return fail(dst + ": error while converting qcow2: " + err), 1;
+        img.emplace(std::move(*z).release());
+    }
     progress_meter meter(show_progress);
-    if (!convert_to_raw(*src, *out, meter, workers)) return 1;
-    if (auto ec = out->close()) return fail("error while closing '" + files[1] + "': " + ec.message()), 1;
+    if (std::string err = convert_to_qcow2(*src, *img, !skip_create, compressed, meter); !err.empty())
+        return fail(err), 1;
+    if (auto r = img->close(); !r) return fail("error while closing '" + dst + "': " + r.error().what()), 1;
     meter.finish();
     return 0;
 }

@@ -7,8 +7,11 @@
 #include "check.hpp"
 #include "compare.hpp"
 #include "convert.hpp"
+#include "create.hpp"
 #include "info.hpp"
+#include "io.hpp"
 #include "map.hpp"
+#include "resize.hpp"
 
 #include <cstdio>
 #include <string>
@@ -25,14 +28,21 @@ void usage(std::FILE* to) {
                  "        what qemu-img info reports, plus the all-zero bit\n"
                  "  map [--output=human|json] [-f FMT] [--start-offset=OFFSET] [--max-length=LEN] FILE\n"
                  "        where each guest range of the chain comes from, as qemu-img map reports it\n"
-                 "  convert [-f FMT] [-O raw] [-m THREADS] [-p] SRC DST\n"
-                 "        writes the guest disk as a sparse raw file (or to a pipe or device)\n"
-                 "  check [--output=human|json] [-f FMT] FILE\n"
+                 "  create [-f qcow2] [-o OPTIONS] [-b BACKING -F FMT] [-q] FILE [SIZE]\n"
+                 "        makes a qcow2 image with qemu-img create's options (-o help lists them)\n"
+                 "  convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-n] [-m THREADS] [-p] [-q] SRC DST\n"
+                 "        writes the guest disk as a sparse raw file (or to a pipe or device), or as a qcow2 image\n"
+                 "        (-c: compressed clusters; -n: write over the existing DST)\n"
+                 "  resize [-f FMT] [--shrink] [-q] FILE [+|-]SIZE\n"
+                 "        changes the virtual size (shrinking needs --shrink)\n"
+                 "  io [-f FMT] -c CMD [-c CMD...] FILE\n"
+                 "        qemu-io's read [-q] [-P pattern [-s off] [-l len]], write [-cquz] [-P pattern],\n"
+                 "        discard [-q] (each: off len) and flush; exit 1 when a command or a verification failed\n"
+                 "  check [--output=human|json] [-f FMT] [-r leaks|all] [-q] FILE\n"
                  "        refcount consistency as qemu-img check reports it (exit 0 clean, 1 check errors, 2 corruptions, 3 leaks)\n"
                  "  compare [-f FMT] [-F FMT] [-s] [-q] A B\n"
                  "        exit 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error\n\n"
-                 "FMT is qcow2 or raw (probed when not given).\n"
-                 "Not built yet (see README): create, check -r, resize, io, convert -O qcow2.\n",
+                 "FMT is qcow2 or raw (probed when not given). Sizes and offsets take QEMU's suffixes (k, M, G, T, P, E).\n",
                  QCOW2_VERSION_STRING);
 }
 
@@ -56,7 +66,10 @@ int main(int argc, char** argv) {
     }
     if (cmd == "info") return cli::info_command(args);
     if (cmd == "map") return cli::map_command(args);
+    if (cmd == "create") return cli::create_command(args);
     if (cmd == "convert") return cli::convert_command(args);
+    if (cmd == "resize") return cli::resize_command(args);
+    if (cmd == "io") return cli::io_command(args);
     if (cmd == "compare") return cli::compare_command(args);
     if (cmd == "check") return cli::check_command(args);
     cli::fail("Command not found: " + cmd);

@@ -2,9 +2,11 @@
 // A guest disk to read, for the commands that read guest data (convert, compare, map):
 // a qcow2 image with its whole backing chain, or a raw file.
 //
-// Files named by an image (backing files, external data files) are opened the way
-// qemu-img opens them: relative to the directory of the image naming them, absolute
-// names and names outside that directory allowed.
+// Files named by an image (backing files, external data files) are opened relative to
+// the directory of the image naming them, absolute names and names outside that directory
+// allowed: qemu-img's rule for backing files. (qemu-img opens a relative data file name
+// from its working directory instead; the two agree when the image is named without a
+// directory.)
 #pragma once
 
 #include "common.hpp"

@@ -386,7 +386,8 @@ public:
      * whole; allocation reads refcount blocks through their cache.
      */
     result<void> write(std::uint64_t offset, std::span<const std::byte> data) {
-        if (auto r = begin_modify(offset, data.size(), true); !r) return r;
+        if (auto r = check_modify(offset, data.size()); !r || data.empty()) return r;
+        if (auto r = prepare_modify(true); !r) return r;
         return guarded(write_guest(offset, data));
     }
 
@@ -401,7 +402,8 @@ public:
      * all-zero bit. With a raw external data file the data file gets the zeroes too.
      */
     result<void> write_zeroes(std::uint64_t offset, std::uint64_t length, zero_mode mode = zero_mode::keep_allocation) {
-        if (auto r = begin_modify(offset, length, false); !r) return r;
+        if (auto r = check_modify(offset, length); !r || length == 0) return r;
+        if (auto r = prepare_modify(false); !r) return r;
         return guarded(zero_range(offset, offset + length, mode == zero_mode::unmap ? op::zero_unmap : op::zero_keep));
     }
 
@@ -411,12 +413,15 @@ public:
      *        a disk whose size is not a multiple of the cluster size counts as whole when the
      *        range reaches the end of the disk).
      *
-     * A discarded cluster reads as zero, except in a version 2 image with a backing file,
-     * where it reads from the backing file again. Freed host clusters are punched out of
-     * the file when the backend can discard. Keeps the all-zero bit.
+     * A discarded cluster reads as zero. A version 2 image with a backing file has no way to
+     * say that (no zero clusters: a freed cluster would show the backing file's data), so
+     * there a discard does nothing, as in QEMU. Freed host clusters are punched out of the
+     * file when the backend can discard. Keeps the all-zero bit.
      */
     result<void> discard(std::uint64_t offset, std::uint64_t length) {
-        if (auto r = begin_modify(offset, length, false); !r) return r;
+        if (auto r = check_modify(offset, length); !r || length == 0) return r;
+        if (header_.version == 2 && has_backing()) return {};
+        if (auto r = prepare_modify(false); !r) return r;
         return guarded(zero_range(offset, offset + length, op::discard));
     }
 
@@ -433,8 +438,12 @@ public:
      * a length other than one cluster (or the rest of the disk).
      */
     result<void> write_compressed(std::uint64_t offset, std::span<const std::byte> data) {
-        if (auto r = begin_modify(offset, data.size(), true); !r) return r;
-        return guarded(write_compressed_cluster(offset, data));
+        if (auto r = check_modify(offset, data.size()); !r) return r;
+        auto n = compress_cluster(offset, data); // refuses bad arguments before anything changes
+        if (!n) return n.error();
+        if (auto r = prepare_modify(true); !r) return r;
+        if (*n == 0) return guarded(write_guest(offset, data)); // does not shrink: stored plain, as QEMU does
+        return guarded(store_compressed(offset, *n));
     }
 
     /**
@@ -443,15 +452,27 @@ public:
      * Growing may move the L1 table (the new table is written and flushed before the header
      * points at it); the new range reads as zero (zero clusters hide a longer backing file,
      * and the rest of a partial last cluster is zeroed). Shrinking frees every cluster past
-     * the new size and truncates the file after the last cluster in use; it is refused for
-     * images with internal snapshots. Keeps the all-zero bit. The new size is durable when
-     * the call returns.
+     * the new size and truncates the file after the last cluster in use (the clusters
+     * internal snapshots share stay theirs). Keeps the all-zero bit. The new size is durable
+     * when the call returns. An external data file is resized with the disk.
      * @par Errors
      * `invalid_argument` for a size that is not a multiple of 512; `image_too_large` when the
-     * L1 table would exceed 32 MiB; `not_supported` for shrinking with snapshots.
+     * L1 table would exceed 32 MiB; `not_supported` for a version 2 image with internal
+     * snapshots (QEMU refuses to resize those).
      */
     result<void> resize(std::uint64_t new_size) {
-        if (auto r = begin_modify(0, 0, false); !r) return r;
+        using detail::cat;
+        using detail::dec;
+        if (auto r = check_modify(0, 0); !r) return r;
+        if (new_size % 512) return error{errc::invalid_argument, cat("the new size ", dec(new_size), " is not a multiple of 512")};
+        if (header_.version == 2 && !snapshots_.empty())
+            return error{errc::not_supported, "a version 2 image with internal snapshots cannot be resized"};
+        const std::uint64_t need = detail::div_round_up(new_size, header_.l1_entry_coverage());
+        if (need * 8 > limits::max_l1_bytes)
+            return error{errc::image_too_large, cat("a virtual size of ", dec(new_size), " bytes needs an L1 table of ", dec(need * 8),
+                                                    " bytes, more than 32 MiB")};
+        if (new_size == header_.size) return {};
+        if (auto r = prepare_modify(false); !r) return r;
         return guarded(resize_impl(new_size));
     }
 
@@ -501,7 +522,8 @@ public:
      * Those of the guest writes (`read_only`, `image_corrupt`, ...); I/O errors.
      */
     result<void> make_empty() {
-        if (auto r = begin_modify(0, 0, false); !r) return r;
+        if (auto r = check_modify(0, 0); !r) return r;
+        if (auto r = prepare_modify(false); !r) return r;
         return guarded(make_empty_impl());
     }
 
@@ -682,9 +704,8 @@ private:
         return geometry_.extended ? detail::load_be64(t, i * 16 + 8) : 0;
     }
 
-    /// Refuses a modification the image cannot take, then sets the writer up: the dirty bit
-    /// for lazy refcounts, and (before data) the all-zero bit cleared.
-    result<void> begin_modify(std::uint64_t offset, std::uint64_t length, bool data) {
+    /// Refuses a modification the image cannot take (changing nothing), and sets the writer up.
+    result<void> check_modify(std::uint64_t offset, std::uint64_t length) {
         using detail::cat;
         using detail::dec;
         if (!writable_) return error{errc::read_only, "writing to an image opened read-only"};
@@ -700,12 +721,18 @@ private:
             return error{errc::not_supported, "writing to an image opened metadata-only (its backing or data file is not open)"};
         if (auto r = ensure_writer(); !r) return r;
         if (w_->failed) return *w_->failed;
+        return {};
+    }
+
+    /// What comes before the first change of a modification: the dirty bit for lazy
+    /// refcounts, and before data the all-zero bit cleared (both written and flushed).
+    result<void> prepare_modify(bool data) {
         if (w_->lazy && !w_->marked_dirty) {
             header_.incompatible_features |= features::dirty::mask;
             if (auto r = write_header(); !r) return poison(r);
             w_->marked_dirty = true;
         }
-        if (data && length && (header_.autoclear_features & features::all_zero::mask)) {
+        if (data && (header_.autoclear_features & features::all_zero::mask)) {
             // The image is about to read non-zero: the bit goes first, durably.
             header_.autoclear_features &= ~features::all_zero::mask;
             if (auto r = write_header(); !r) return poison(r);
@@ -1440,16 +1467,17 @@ private:
         return off;
     }
 
-    result<void> write_compressed_cluster(std::uint64_t offset, std::span<const std::byte> data) {
+    /// Compresses the cluster at guest `offset` into the writer's buffer: its length, or 0
+    /// when it does not shrink. Refuses what `write_compressed` refuses.
+    result<std::uint64_t> compress_cluster(std::uint64_t offset, std::span<const std::byte> data) {
         using detail::cat;
         using detail::dec;
         const std::uint64_t cs = cluster_size();
-        const unsigned cb = header_.cluster_bits;
         if (geometry_.external_data) return error{errc::not_supported, "images with an external data file cannot hold compressed clusters"};
         if (offset & (cs - 1))
             return error{errc::misaligned_offset, cat("compressed write at guest offset ", dec(offset), " is not cluster aligned")};
-        const std::uint64_t valid = std::min(cs, header_.size - offset);
-        if (data.size() != valid)
+        const std::uint64_t valid = offset < header_.size ? std::min(cs, header_.size - offset) : 0;
+        if (data.size() != valid || valid == 0)
             return error{errc::invalid_argument, cat("a compressed write at guest offset ", dec(offset), " must be ", dec(valid),
                                                      " bytes, not ", dec(data.size()))};
         writer_state& w = *w_;
@@ -1459,18 +1487,25 @@ private:
         w.cbuf.resize(static_cast<std::size_t>(cs + 512)); // the stream (at most cs - 1 bytes) and sector padding
         auto n = w.compressor->compress(w.buf, std::span(w.cbuf).first(static_cast<std::size_t>(cs - 1)));
         if (!n) {
-            if (n.error().is(errc::not_compressible)) return write_guest(offset, data); // stored plain, as QEMU does
+            if (n.error().is(errc::not_compressible)) return std::uint64_t{0};
             return n.error();
         }
-        auto host = allocate_bytes(*n);
+        return std::uint64_t{*n};
+    }
+
+    /// Stores the `n` compressed bytes in the writer's buffer as guest cluster `offset`.
+    result<void> store_compressed(std::uint64_t offset, std::uint64_t n) {
+        const unsigned cb = header_.cluster_bits;
+        writer_state& w = *w_;
+        auto host = allocate_bytes(n);
         if (!host) return host.error();
-        const std::uint64_t first = *host >> cb, last = (*host + *n - 1) >> cb;
+        const std::uint64_t first = *host >> cb, last = (*host + n - 1) >> cb;
         // Past the end of the file, pad to a whole sector: readers read whole sectors.
-        std::uint64_t len = *n;
+        std::uint64_t len = n;
         if (*host + len > data_end()) {
             const std::uint64_t padded = ((*host + len + 511) & ~std::uint64_t{511}) - *host;
-            std::memset(w.cbuf.data() + len, 0, static_cast<std::size_t>(std::min<std::uint64_t>(padded, w.cbuf.size()) - len));
-            len = std::min<std::uint64_t>(padded, w.cbuf.size());
+            std::memset(w.cbuf.data() + len, 0, static_cast<std::size_t>(padded - len));
+            len = padded;
         }
         if (auto r = write_host(*host, std::span<const std::byte>(w.cbuf).first(static_cast<std::size_t>(len))); !r) {
             release_unused({first, last - first + 1});
@@ -1486,7 +1521,7 @@ private:
         const std::uint64_t old = l2_entry(slot->first, idx);
         result<void> r = check_entry(old, l2_bitmap(slot->first, idx), offset);
         if (r) {
-            set_l2(slot->first, slot->second, idx, encode_compressed(*host, *n, cb), 0);
+            set_l2(slot->first, slot->second, idx, encode_compressed(*host, n, cb), 0);
             drop_reference(old);
         } else {
             release_unused({first, last - first + 1});
@@ -1532,12 +1567,8 @@ private:
         using detail::dec;
         const std::uint64_t cs = cluster_size();
         const std::uint64_t old = header_.size;
-        if (new_size % 512) return error{errc::invalid_argument, cat("the new size ", dec(new_size), " is not a multiple of 512")};
-        if (new_size == old) return {};
-        const std::uint64_t coverage = header_.l1_entry_coverage();
-        const std::uint64_t need = detail::div_round_up(new_size, coverage);
+        const std::uint64_t need = detail::div_round_up(new_size, header_.l1_entry_coverage());
         if (new_size < old) {
-            if (!snapshots_.empty()) return error{errc::not_supported, "an image with internal snapshots cannot shrink"};
             // Everything past the new size goes: whole clusters, then the L2 tables past the new L1 size.
             const std::uint64_t keep_end = std::min(old, (new_size + cs - 1) & ~(cs - 1));
             if (auto r = zero_clusters(keep_end, old, op::full_discard); !r) return r;
@@ -1552,11 +1583,6 @@ private:
             }
             return truncate_unused();
         }
-        if (header_.version == 2 && !snapshots_.empty())
-            return error{errc::not_supported, "a version 2 image with internal snapshots cannot be resized"};
-        if (need * 8 > limits::max_l1_bytes)
-            return error{errc::image_too_large, cat("a virtual size of ", dec(new_size), " bytes needs an L1 table of ", dec(need * 8),
-                                                    " bytes, more than 32 MiB")};
         if (need > l1_.size())
             if (auto r = grow_l1(need); !r) return r;
         if (data_file_ && data_file_size_ < new_size) {
