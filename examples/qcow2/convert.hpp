@@ -303,11 +303,11 @@ inline bool convert_to_raw(disk& src, raw_output& out, progress_meter& meter, un
  * Copies the guest disk of `src` into the qcow2 image `dst`; the error message, empty on success.
  *
  * Works in 2 MiB units of whole clusters of `dst`: a unit the metadata says reads as zeroes
- * is not read; in the others, clusters that read as zeroes are skipped when `fresh` (a new
- * image reads as zero) and zeroed otherwise, and the rest is written, in runs of
- * contiguous clusters, or one compressed cluster at a time when `compressed`.
+ * is not read; in the others, clusters that read as zeroes are skipped when `fresh` (`dst`
+ * reads as zero: see the two `convert_to_qcow2`) and zeroed otherwise, and the rest is
+ * written, in runs of contiguous clusters, or one compressed cluster at a time when `compressed`.
  */
-inline std::string convert_to_qcow2(disk& src, qcow2::image& dst, bool fresh, bool compressed, progress_meter& meter) {
+inline std::string copy_into_qcow2(disk& src, qcow2::image& dst, bool fresh, bool compressed, progress_meter& meter) {
     const std::uint64_t size = src.size();
     const std::uint64_t cs = dst.cluster_size();
     const std::uint64_t unit = std::max<std::uint64_t>(cs, std::uint64_t{2} << 20);
@@ -379,6 +379,22 @@ inline std::string convert_to_qcow2(disk& src, qcow2::image& dst, bool fresh, bo
         pos = end;
     }
     return {};
+}
+
+/// Copies `src` into `dst`, which may hold anything: zero runs of `src` are zeroed in `dst`.
+inline std::string convert_to_qcow2(disk& src, qcow2::image& dst, bool compressed, progress_meter& meter) {
+    return copy_into_qcow2(src, dst, false, compressed, meter);
+}
+
+/// Copies `src` into `dst`, proven to read as zero in every cluster of its own (a new image,
+/// or one whose all-zero bit is set): zero runs of `src` are skipped, unless a backing file
+/// not known to be zero shows through them. The image, no longer a proof, goes to `out`.
+inline std::string convert_to_qcow2(disk& src, qcow2::zeroed<qcow2::image>&& dst, std::optional<qcow2::image>& out, bool compressed,
+                                    progress_meter& meter) {
+    const auto* backing = dst->backing_image();
+    const bool reads_zero = !dst->has_backing() || (backing && qcow2::known_zeroes(*backing));
+    out.emplace(std::move(dst).release());
+    return copy_into_qcow2(src, *out, reads_zero, compressed, meter);
 }
 
 inline int convert_command(const std::vector<std::string>& args) {
@@ -453,6 +469,7 @@ inline int convert_command(const std::vector<std::string>& args) {
     }
 
     std::optional<qcow2::image> img;
+    std::optional<qcow2::zeroed<qcow2::image>> proof; // DST reads as zero: set instead of img
     if (skip_create) {
         auto file = qcow2::io::posix_file::open(dst, qcow2::io::open_mode::read_write);
         if (!file) return open_failed(dst, file.error());
@@ -462,7 +479,9 @@ inline int convert_command(const std::vector<std::string>& args) {
                                          qcow2::posix_resolver(dst, {.allow_absolute = true, .allow_outside = true}));
         if (!opened) return open_failed(dst, opened.error());
         if (opened->size() < src->size()) return fail("output file is smaller than input file"), 1;
-        img.emplace(std::move(*opened));
+        // With its all-zero bit the image proves it reads as zero, and zero runs need no writes.
+        if (auto z = qcow2::trust_zeroes(*opened)) proof.emplace(std::move(*z));
+        else img.emplace(std::move(*opened));
     } else {
         create_opts opts;
         for (const auto& l : lists)
@@ -477,11 +496,12 @@ inline int convert_command(const std::vector<std::string>& args) {
         std::optional<qcow2::zeroed<qcow2::image>> z;
         if (err.empty()) z = create_image(dst, o, err);
         if (!z) return fail(dst + ": error while converting qcow2: " + err), 1;
-        img.emplace(std::move(*z).release());
+        proof.emplace(std::move(*z));
     }
     progress_meter meter(show_progress);
-    if (std::string err = convert_to_qcow2(*src, *img, !skip_create, compressed, meter); !err.empty())
-        return fail(err), 1;
+    std::string err = proof ? convert_to_qcow2(*src, std::move(*proof), img, compressed, meter)
+                            : convert_to_qcow2(*src, *img, compressed, meter);
+    if (!err.empty()) return fail(err), 1;
     if (auto r = img->close(); !r) return fail("error while closing '" + dst + "': " + r.error().what()), 1;
     meter.finish();
     return 0;
