@@ -449,13 +449,18 @@ TEST_CASE("corrupt bit: read-write open refused, read-only open allowed", "[malf
     CHECK(ro->read_only());
 }
 
-TEST_CASE("dirty bit: read-write open not supported yet, read-only open allowed", "[malformed]") {
+TEST_CASE("dirty bit: read-write open repairs and clears it, read-only open leaves it", "[malformed]") {
     auto f = valid();
     poke64(f, field::incompatible_features, features::dirty::mask);
-    QCOW2_REQUIRE_ERROR(open_bytes(f, writable_options()), errc::not_supported, "the dirty bit is set");
     auto ro = open_bytes(f);
     REQUIRE(ro);
     CHECK(ro->has<features::dirty>());
+    auto rw = open_bytes(f, writable_options());
+    REQUIRE(rw);
+    CHECK_FALSE(rw->has<features::dirty>());
+    std::uint64_t on_disk = 0;
+    for (std::size_t i = 0; i < 8; ++i) on_disk = (on_disk << 8) | std::to_integer<std::uint64_t>(rw->backend().bytes()[field::incompatible_features + i]);
+    CHECK(on_disk == 0);
 }
 
 TEST_CASE("read-write open clears autoclear bits it does not maintain, on disk", "[malformed][features]") {
