@@ -344,3 +344,35 @@ TEST_CASE("write: a dirty lazy-refcounts image left unclosed is repaired by the 
     CHECK((ro.header().incompatible_features & qcow2::features::dirty::mask) != 0);
     CHECK(difference(read_all(ro), shadow) == "");
 }
+
+TEST_CASE("write: clusters compressed elsewhere are stored as given", "[write]") {
+    for (const auto type : {qcow2::compression::zlib, qcow2::compression::zstd}) {
+        CAPTURE(static_cast<int>(type));
+        qcow2::create_options o;
+        o.size = (1 << 20) + 4096; // the last cluster is partial
+        o.compression_type = type;
+        mem_image img = create(o);
+        std::vector<std::byte> shadow(static_cast<std::size_t>(o.size));
+        qcow2::codec::cluster_compressor codec(type);
+        std::vector<std::byte> cluster(65536), stream(65535);
+        for (std::uint64_t at = 0; at < o.size; at += 65536) {
+            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(65536, o.size - at));
+            std::fill(cluster.begin(), cluster.end(), std::byte{0});
+            for (std::size_t i = 0; i < n; ++i) cluster[i] = static_cast<std::byte>((i / 100 + at / 65536) % 7);
+            auto len = codec.compress(cluster, stream);
+            REQUIRE(len);
+            REQUIRE(img.write_precompressed(at, std::span(stream).first(*len)));
+            std::copy(cluster.begin(), cluster.begin() + static_cast<std::ptrdiff_t>(n), shadow.begin() + static_cast<std::ptrdiff_t>(at));
+        }
+        CHECK_FALSE(img.has<qcow2::features::all_zero>());
+        CHECK(difference(read_all(img), shadow) == "");
+        CHECK(img.write_precompressed(100, std::span(stream).first(10)).error().is(errc::misaligned_offset));
+        CHECK(img.write_precompressed(0, {}).error().is(errc::invalid_argument));
+        CHECK(img.write_precompressed(0, std::vector<std::byte>(65536)).error().is(errc::invalid_argument));
+        REQUIRE(img.close());
+        require_clean(img);
+        auto rep = qcow2::check(img);
+        REQUIRE(rep);
+        CHECK(rep->compressed_clusters == 17);
+    }
+}

@@ -300,6 +300,64 @@ inline bool convert_to_raw(disk& src, raw_output& out, progress_meter& meter, un
 }
 
 /**
+ * Compresses clusters on several threads (one per CPU), each with its own compressor: a
+ * batch of clusters goes in, one stream per cluster comes out (empty when the cluster does
+ * not shrink and must be stored plain). The streams are then stored in order by one thread.
+ */
+class parallel_compressor {
+public:
+    parallel_compressor(qcow2::compression type, std::uint64_t cluster_size)
+        : type_(type), cs_(static_cast<std::size_t>(cluster_size)) {
+        const unsigned n = std::clamp(std::thread::hardware_concurrency(), 1u, 16u);
+        for (unsigned i = 0; i < n; ++i) codecs_.emplace_back(type_);
+    }
+
+    /// Compresses the `count` clusters of `data` (the last one may be short: it is padded
+    /// with zeroes). Returns the first error's message, empty on success.
+    std::string run(std::span<const std::byte> data, std::size_t count) {
+        streams_.resize(count);
+        std::atomic<std::size_t> next{0};
+        std::mutex lock;
+        std::string first_error;
+        const auto work = [&](qcow2::codec::cluster_compressor& codec) {
+            std::vector<std::byte> padded(cs_);
+            for (std::size_t i; (i = next.fetch_add(1)) < count;) {
+                auto in = data.subspan(i * cs_, std::min(cs_, data.size() - i * cs_));
+                if (in.size() < cs_) { // the last cluster of the disk reads as zeroes after its end
+                    std::copy(in.begin(), in.end(), padded.begin());
+                    std::fill(padded.begin() + static_cast<std::ptrdiff_t>(in.size()), padded.end(), std::byte{0});
+                    in = padded;
+                }
+                auto& out = streams_[i];
+                out.resize(cs_ - 1);
+                auto n = codec.compress(in, out);
+                if (n) out.resize(*n);
+                else if (n.error().is(qcow2::errc::not_compressible)) out.clear();
+                else {
+                    const std::lock_guard<std::mutex> g(lock);
+                    if (first_error.empty()) first_error = n.error().what();
+                }
+            }
+        };
+        const std::size_t helpers = std::min<std::size_t>(codecs_.size(), count) - 1;
+        std::vector<std::thread> pool;
+        for (std::size_t t = 1; t <= helpers; ++t) pool.emplace_back([&work, this, t] { work(codecs_[t]); });
+        work(codecs_[0]);
+        for (auto& t : pool) t.join();
+        return first_error;
+    }
+
+    /// The stream of cluster `i` of the last batch (empty: store it plain).
+    std::span<const std::byte> stream(std::size_t i) const { return streams_[i]; }
+
+private:
+    qcow2::compression type_;
+    std::size_t cs_;
+    std::vector<qcow2::codec::cluster_compressor> codecs_;
+    std::vector<std::vector<std::byte>> streams_;
+};
+
+/**
  * Copies the guest disk of `src` into the qcow2 image `dst`; the error message, empty on success.
  *
  * Works in 2 MiB units of whole clusters of `dst`: a unit the metadata says reads as zeroes
@@ -310,8 +368,11 @@ inline bool convert_to_raw(disk& src, raw_output& out, progress_meter& meter, un
 inline std::string copy_into_qcow2(disk& src, qcow2::image& dst, bool fresh, bool compressed, progress_meter& meter) {
     const std::uint64_t size = src.size();
     const std::uint64_t cs = dst.cluster_size();
-    const std::uint64_t unit = std::max<std::uint64_t>(cs, std::uint64_t{2} << 20);
+    // Compressed output works in larger batches, so that every thread has clusters to compress.
+    const std::uint64_t unit = std::max<std::uint64_t>(cs, (compressed ? std::uint64_t{8} : std::uint64_t{2}) << 20);
     std::vector<std::byte> buf(static_cast<std::size_t>(unit));
+    std::optional<parallel_compressor> squeeze;
+    if (compressed) squeeze.emplace(dst.header().compression_kind(), cs);
     const auto write_failed = [](std::uint64_t at, const qcow2::error& e) {
         return "error while writing at byte " + std::to_string(at) + ": " + e.what();
     };
@@ -349,13 +410,19 @@ inline std::string copy_into_qcow2(disk& src, qcow2::image& dst, bool fresh, boo
             const auto part =
                 data.subspan(static_cast<std::size_t>(run_start - pos), static_cast<std::size_t>(run_end - run_start));
             if (compressed) {
-                // One cluster at a time. A last cluster that SRC ends inside is compressed
-                // only when it is also the last of DST (then it reads as zeroes after SRC's
-                // end); else it is written plain, keeping what DST holds after SRC's end.
-                for (std::uint64_t at = run_start; at < run_end; at += cs) {
+                // Compressed on every CPU, stored in order. A last cluster that SRC ends inside
+                // is compressed only when it is also the last of DST (then it reads as zeroes
+                // after SRC's end); else it is written plain, keeping what DST holds there.
+                const std::size_t count = static_cast<std::size_t>((run_end - run_start + cs - 1) / cs);
+                if (std::string err = squeeze->run(part, count); !err.empty()) return "error while compressing: " + err;
+                for (std::size_t i = 0; i < count; ++i) {
+                    const std::uint64_t at = run_start + i * cs;
                     const auto n = static_cast<std::size_t>(std::min(cs, run_end - at));
                     const auto cluster = part.subspan(static_cast<std::size_t>(at - run_start), n);
-                    auto r = n == cs || at + n == dst.size() ? dst.write_compressed(at, cluster) : dst.write(at, cluster);
+                    const auto stream = squeeze->stream(i);
+                    auto r = n != cs && at + n != dst.size() ? dst.write(at, cluster)
+                             : stream.empty()                 ? dst.write(at, cluster)
+                                                              : dst.write_precompressed(at, stream);
                     if (!r) return write_failed(at, r.error());
                 }
             } else if (auto r = dst.write(run_start, part); !r) {

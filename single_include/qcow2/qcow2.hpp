@@ -6680,6 +6680,33 @@ public:
     }
 
     /**
+     * @brief Stores a cluster compressed elsewhere (by a `codec::cluster_compressor` of this
+     *        image's `compression_type`, given the cluster zero-padded to the cluster size
+     *        and `cluster_size() - 1` bytes of output) at cluster-aligned guest `offset`.
+     *
+     * What `write_compressed` does after compressing: so that a program can compress
+     * clusters on several threads and store them in order on one. The stream is stored as
+     * given; one that does not decompress to the cluster makes the cluster unreadable.
+     * @par Errors
+     * As `write_compressed`; `invalid_argument` for an empty stream or one of a cluster or more.
+     */
+    result<void> write_precompressed(std::uint64_t offset, std::span<const std::byte> stream) {
+        using detail::cat;
+        using detail::dec;
+        if (auto r = check_modify(offset, 0); !r) return r;
+        const std::uint64_t cs = cluster_size();
+        if (geometry_.external_data) return error{errc::not_supported, "images with an external data file cannot hold compressed clusters"};
+        if (offset & (cs - 1) || offset >= header_.size)
+            return error{errc::misaligned_offset, cat("compressed write at guest offset ", dec(offset), " is not a cluster of the disk")};
+        if (stream.empty() || stream.size() >= cs)
+            return error{errc::invalid_argument, cat("a compressed stream of ", dec(stream.size()), " bytes for a cluster of ", dec(cs))};
+        w_->cbuf.resize(static_cast<std::size_t>(cs + 512));
+        std::memcpy(w_->cbuf.data(), stream.data(), stream.size());
+        if (auto r = prepare_modify(true); !r) return r;
+        return guarded(store_compressed(offset, stream.size()));
+    }
+
+    /**
      * @brief Changes the virtual size (a multiple of 512).
      *
      * Growing may move the L1 table (the new table is written and flushed before the header
