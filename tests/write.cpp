@@ -286,8 +286,10 @@ TEST_CASE("write: a write over metadata is refused and marks the image corrupt",
     CHECK(std::equal(l1_before.begin(), l1_before.end(), after.begin() + static_cast<std::ptrdiff_t>(l1)));
     CHECK((img.header().incompatible_features & qcow2::features::corrupt::mask) != 0);
     CHECK((std::to_integer<unsigned>(after[79]) & 2) != 0);
-    // And every later write is refused.
-    CHECK(img.write(0, std::vector<std::byte>(1)).error().is(errc::image_corrupt));
+    // And every later write is refused, with the first error.
+    CHECK(img.write(0, std::vector<std::byte>(1)).error().is(errc::metadata_overlap));
+    // So is a writable open, until a repair.
+    CHECK(mem_image::open(qcow2::io::memory(bytes_of(img.backend())), qcow2::open_options{.writable = true}).error().is(errc::image_corrupt));
 }
 
 TEST_CASE("write: compressed clusters share host clusters up to the refcount maximum", "[write]") {

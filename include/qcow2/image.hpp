@@ -514,9 +514,13 @@ public:
             if (w_->failed) return *w_->failed;
             if (auto r = guarded(commit(true)); !r) return r;
         }
+        // A failed flush may have dropped what it was to make durable (Linux forgets the
+        // dirty pages): later calls must not report success over it, so it poisons the writer.
         if (data_file_ && writable_)
-            if (auto r = check_io(data_file_->flush(), "flushing the data file"); !r) return r;
-        return check_io(file_.flush(), "flushing the image file");
+            if (auto r = check_io(data_file_->flush(), "flushing the data file"); !r) return poison(r);
+        if (auto r = check_io(file_.flush(), "flushing the image file"); !r) return poison(r);
+        if (w_) w_->unflushed_data = false;
+        return {};
     }
 
     /**
@@ -719,8 +723,9 @@ private:
         std::vector<std::byte, byte_alloc> cbuf;        ///< compressed output
         std::optional<codec::cluster_compressor> compressor;
         std::uint64_t compressed_next = 0; ///< where the next compressed cluster may go (0: in a new cluster)
-        bool lazy = false;                 ///< lazy refcounts: the dirty bit replaces the ordering flushes
+        bool lazy = false;                 ///< lazy refcounts: the dirty bit replaces the refcount ordering flushes
         bool marked_dirty = false;         ///< this writer set the dirty bit (cleared by `close`)
+        bool unflushed_data = false;       ///< guest data written since the last flush of the file
         std::optional<error> failed;       ///< a write to the file failed: the file may lag the memory
     };
 
@@ -736,6 +741,7 @@ private:
         using detail::cat;
         using detail::dec;
         if (!writable_) return error{errc::read_only, "writing to an image opened read-only"};
+        if (w_ && w_->failed) return *w_->failed;
         if (header_.incompatible_features & features::corrupt::mask)
             return error{errc::image_corrupt, "the image is marked corrupt: repair it (check with repair) before writing"};
         if (header_.incompatible_features & features::dirty::mask && !(w_ && w_->marked_dirty))
@@ -756,13 +762,19 @@ private:
     result<void> prepare_modify(bool data) {
         if (w_->lazy && !w_->marked_dirty) {
             header_.incompatible_features |= features::dirty::mask;
-            if (auto r = write_header(); !r) return poison(r);
+            if (auto r = write_header(); !r) {
+                header_.incompatible_features &= ~features::dirty::mask; // memory says what the file may say
+                return poison(r);
+            }
             w_->marked_dirty = true;
         }
         if (data && (header_.autoclear_features & features::all_zero::mask)) {
             // The image is about to read non-zero: the bit goes first, durably.
             header_.autoclear_features &= ~features::all_zero::mask;
-            if (auto r = write_header(); !r) return poison(r);
+            if (auto r = write_header(); !r) {
+                header_.autoclear_features |= features::all_zero::mask;
+                return poison(r);
+            }
         }
         return {};
     }
@@ -787,8 +799,10 @@ private:
         if (!rc) return error(rc.error().code(), detail::cat("loading the refcounts for writing: ", rc.error().message()));
         auto w = std::make_unique<writer_state>(std::move(*rc), alloc_);
         const std::uint64_t cs = cluster_size();
+        // Lazy refcounts relax only the order of refcount updates against L2 tables (the dirty
+        // bit makes the next writable open rebuild the refcounts); new refcount structures and
+        // L1 entries keep theirs.
         w->lazy = header_.version >= 3 && (header_.compatible_features & features::lazy_refcounts::mask);
-        w->rc.set_ordered(!w->lazy);
         w->rc.note_file_end(file_size_);
         w->buf.resize(static_cast<std::size_t>(cs));
         w->zeros.resize(static_cast<std::size_t>(cs));
@@ -863,6 +877,7 @@ private:
     result<void> write_host(std::uint64_t host, std::span<const std::byte> bytes) {
         if (bytes.empty()) return {};
         compressed_host_ = ~std::uint64_t{0}; // the last decompressed cluster may live there
+        w_->unflushed_data = true;
         if (data_file_) {
             if (auto r = check_io(data_file_->write_at(host, bytes), "writing guest data to the data file"); !r) return r;
             data_file_size_ = std::max(data_file_size_, host + bytes.size());
@@ -947,11 +962,19 @@ private:
         const bool ordered = !w.lazy;
         const bool l1_dirty = w.l1_lo < w.l1_hi;
         const bool tables = !w.dirty_l2.empty() || l1_dirty;
-        // 1. Refcount increases, durable before anything refers to the clusters.
+        // 1. Refcount increases, durable before anything refers to the clusters (lazy
+        // refcounts let them lag); guest data, durable before an entry maps it (always: an
+        // entry that maps bytes never written would show whatever the host cluster held).
+        bool flush_first = tables && w.unflushed_data;
         if (w.rc.dirty_blocks()) {
             if (auto r = w.rc.write_back(file_); !r) return r;
-            if (tables && ordered)
-                if (auto r = check_io(file_.flush(), "flushing refcount blocks"); !r) return r;
+            flush_first |= tables && ordered;
+        }
+        if (flush_first) {
+            if (data_file_)
+                if (auto r = check_io(data_file_->flush(), "flushing the data file"); !r) return r;
+            if (auto r = check_io(file_.flush(), "flushing guest data and refcount blocks"); !r) return r;
+            w.unflushed_data = false;
         }
         // 2. L2 tables.
         if (!w.dirty_l2.empty()) {
@@ -962,10 +985,10 @@ private:
             });
             if (!r) return r;
         }
-        // 3. L1 entries, once the tables they point at are durable.
+        // 3. L1 entries, once the tables they point at are durable (lazy refcounts or not: an
+        // L1 entry pointing at a table that never reached the disk is a corruption no repair undoes).
         if (l1_dirty) {
-            if (ordered)
-                if (auto r = check_io(file_.flush(), "flushing L2 tables"); !r) return r;
+            if (auto r = check_io(file_.flush(), "flushing L2 tables"); !r) return r;
             const std::uint64_t n = w.l1_hi - w.l1_lo;
             std::vector<std::byte, byte_alloc> raw(static_cast<std::size_t>(n * 8), byte_alloc(alloc_));
             for (std::uint64_t i = 0; i < n; ++i) detail::store_be64(raw, i * 8, l1_[static_cast<std::size_t>(w.l1_lo + i)]);
@@ -973,9 +996,10 @@ private:
             w.l1_lo = ~std::uint64_t{0};
             w.l1_hi = 0;
         }
-        // 4. Refcount decreases, once the references they drop are durable.
+        // 4. Refcount decreases, once the references they drop are durable (lazy refcounts too:
+        // a released cluster is punched and reused at once).
         if (!w.pending.empty()) {
-            if (ordered && tables)
+            if (tables)
                 if (auto r = check_io(file_.flush(), "flushing L1 and L2 tables"); !r) return r;
             for (std::size_t i = 0; i < w.pending.size(); ++i)
                 if (auto r = w.rc.release(file_, w.pending[i].first, w.pending[i].count, [this](std::uint64_t c) { note_freed(c, true); });
@@ -2203,7 +2227,8 @@ private:
         std::vector<std::byte> buf(static_cast<std::size_t>(cluster_size()));
         if (auto r = encode_header(header_, buf); !r) return r;
         if (auto r = check_io(file_.write_at(0, buf), "writing the header"); !r) return r;
-        return flush();
+        // The file only (not `flush`, which would also write the caches' metadata).
+        return check_io(file_.flush(), "flushing the header");
     }
 
     Backend file_;

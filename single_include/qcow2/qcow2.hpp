@@ -507,19 +507,49 @@ constexpr std::optional<std::uint64_t> align_up(std::uint64_t v, std::uint64_t a
 /// @file
 /// @brief Big-endian loads and stores on byte spans, usable in constant expressions.
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <type_traits>
 
 namespace qcow2::detail {
 
+/// `v` with its bytes in reverse order.
+template <class T>
+    requires std::is_unsigned_v<T>
+constexpr T byte_swap(T v) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    if constexpr (sizeof(T) == 8) return static_cast<T>(__builtin_bswap64(v));
+    else if constexpr (sizeof(T) == 4) return static_cast<T>(__builtin_bswap32(v));
+    else if constexpr (sizeof(T) == 2) return static_cast<T>(__builtin_bswap16(v));
+    else return v;
+#else
+    T r = 0;
+    for (std::size_t i = 0; i < sizeof(T); ++i) {
+        r = static_cast<T>((r << 8) | (v & 0xff));
+        if constexpr (sizeof(T) > 1) v = static_cast<T>(v >> 8);
+    }
+    return r;
+#endif
+}
+
 /// Reads a big-endian unsigned integer of type `T` at `p[0..sizeof(T))`.
+///
+/// At run time one load and a byte swap (every L1, L2 and refcount entry goes through here);
+/// in constant expressions, byte by byte.
 template <class T>
     requires std::is_unsigned_v<T>
 constexpr T load_be(const std::byte* p) noexcept {
-    T v = 0;
-    for (std::size_t i = 0; i < sizeof(T); ++i) v = static_cast<T>((v << 8) | static_cast<T>(p[i]));
+    if (std::is_constant_evaluated()) {
+        T v = 0;
+        for (std::size_t i = 0; i < sizeof(T); ++i) v = static_cast<T>((v << 8) | static_cast<T>(p[i]));
+        return v;
+    }
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    if constexpr (std::endian::native == std::endian::little) v = byte_swap(v);
     return v;
 }
 
@@ -527,10 +557,15 @@ constexpr T load_be(const std::byte* p) noexcept {
 template <class T>
     requires std::is_unsigned_v<T>
 constexpr void store_be(std::byte* p, T v) noexcept {
-    for (std::size_t i = sizeof(T); i-- > 0;) {
-        p[i] = static_cast<std::byte>(v & 0xff);
-        if constexpr (sizeof(T) > 1) v = static_cast<T>(v >> 8);
+    if (std::is_constant_evaluated()) {
+        for (std::size_t i = sizeof(T); i-- > 0;) {
+            p[i] = static_cast<std::byte>(v & 0xff);
+            if constexpr (sizeof(T) > 1) v = static_cast<T>(v >> 8);
+        }
+        return;
     }
+    if constexpr (std::endian::native == std::endian::little) v = byte_swap(v);
+    std::memcpy(p, &v, sizeof v);
 }
 
 constexpr std::uint16_t load_be16(std::span<const std::byte> s, std::size_t off) noexcept { return load_be<std::uint16_t>(s.data() + off); }
@@ -4716,8 +4751,6 @@ struct no_overlap_guard {
  *   released. A crash at any point leaves the old structure or the new one, at worst with
  *   leaked clusters. Callers that keep their own copy of the header take the new
  *   `table_offset()` and `table_clusters()` from this object.
- * With `set_ordered(false)` (lazy refcounts: the caller has set the dirty bit), the
- * flushes are left out.
  *
  * Refcounts never wrap: an increment past the width's maximum is `refcount_overflow`, a
  * decrement below 0 is `image_corrupt`, and neither changes anything.
@@ -4803,8 +4836,6 @@ public:
     std::uint64_t free_hint() const noexcept { return hint_; }
     /// Refcount blocks changed in memory and not yet written.
     std::size_t dirty_blocks() const noexcept { return dirty_.size(); }
-    /// False under lazy refcounts: growth then writes without its ordering flushes.
-    void set_ordered(bool ordered) noexcept { ordered_ = ordered; }
 
     /// True when `[offset, offset + length)` touches the refcount table or a refcount block.
     bool overlaps(std::uint64_t offset, std::uint64_t length) const noexcept {
@@ -4924,10 +4955,7 @@ private:
         file_end_ = std::max(file_end_, offset + data.size());
         return {};
     }
-    result<void> flush(Backend& f, std::string_view what) {
-        if (!ordered_) return {};
-        return check_io(f.flush(), what);
-    }
+    result<void> flush(Backend& f, std::string_view what) { return check_io(f.flush(), what); }
 
     bool has_block(std::uint64_t cluster) const noexcept {
         const std::uint64_t idx = cluster >> block_shift();
@@ -5169,7 +5197,6 @@ private:
     std::uint64_t hint_ = 0;
     unsigned cluster_bits_ = 16;
     unsigned order_ = 4;
-    bool ordered_ = true;
 };
 
 /// Opens a refcount reader over an image's file (`img.backend()`, `img.header()`).
@@ -5710,6 +5737,19 @@ private:
         }
     }
 
+    /// `inc(offset, cs_)`, the hot case: one cluster inside the file, aligned, not at the maximum.
+    void inc_cluster(std::uint64_t offset) {
+        const std::uint64_t k = offset >> cb_;
+        if ((offset & (cs_ - 1)) == 0 && k < nb_ && offset + cs_ <= file_len_) {
+            Counter& c = counters_[static_cast<std::size_t>(k)];
+            if (c != max_) {
+                ++c;
+                return;
+            }
+        }
+        inc(offset, cs_);
+    }
+
     result<std::vector<std::uint64_t>> read_l1(std::uint64_t offset, std::uint32_t entries) {
         std::vector<std::uint64_t> l1;
         // Entries past the end of the file read as zero: read (and keep) only those before it.
@@ -5780,7 +5820,7 @@ private:
                     if (next_contiguous && off != next_contiguous) ++rep_.fragmented_clusters;
                     next_contiguous = off + cs_;
                 }
-                if (!external_) inc(off, cs_);
+                if (!external_) inc_cluster(off);
                 break;
             }
             case type::zero_plain: break;
@@ -6082,7 +6122,28 @@ private:
     /// QEMU `check_oflag_copied`; with errors repaired, a wrong L1 entry is rewritten at once
     /// and an L2 table with wrong entries once, after its scan (through the image, whose
     /// L1 table and L2 cache stay current).
+    /// `stored`, through the refcount block of the last lookup: the clusters of an L2 table
+    /// mostly share a block, and the block's span stays valid until the reader's next lookup,
+    /// which only this function makes while the COPIED flags are checked.
+    result<std::uint64_t> stored_memo(std::uint64_t cluster) {
+        const unsigned shift = cb_ + 3 - h_.refcount_order;
+        const std::uint64_t idx = cluster >> shift;
+        if (idx != memo_index_) {
+            auto b = reader_.block(idx);
+            if (!b) {
+                memo_index_ = ~std::uint64_t{0};
+                if (b.error().code() == make_error_code(errc::short_read)) return std::uint64_t{0};
+                return b.error();
+            }
+            memo_ = *b;
+            memo_index_ = idx;
+        }
+        if (memo_.empty()) return std::uint64_t{0};
+        return get_refcount(memo_, cluster & ((std::uint64_t{1} << shift) - 1), h_.refcount_order);
+    }
+
     result<void> check_oflag_copied() {
+        memo_index_ = ~std::uint64_t{0};
         // -r leaks repairs COPIED flags only when everything else is clean now (the refcounts are then right).
         const bool repair = fix_errors_ || (fix_leaks_ && !rep_.check_errors && !rep_.corruptions && !rep_.leaks);
         const char* verb = repair ? "Repairing" : "ERROR";
@@ -6090,7 +6151,7 @@ private:
             const std::uint64_t e = active_l1_[i];
             const std::uint64_t l2 = e & l2_bits::l1_offset_mask;
             if (!l2) continue;
-            auto rc = stored(l2 >> cb_);
+            auto rc = stored_memo(l2 >> cb_);
             if (!rc) continue;
             if ((*rc == 1) != ((e & l2_bits::copied) != 0)) {
                 problem(cat(verb, " OFLAG_COPIED L2 cluster: l1_index=", dec(i), " l1_entry=", hex(e).substr(2), " refcount=", dec(*rc)));
@@ -6117,7 +6178,7 @@ private:
                 if (t != type::normal && t != type::zero_alloc) continue;
                 std::uint64_t refcount = 1;
                 if (!external_) {
-                    auto s = stored((le & l2_bits::offset_mask) >> cb_);
+                    auto s = stored_memo((le & l2_bits::offset_mask) >> cb_);
                     if (!s) continue;
                     refcount = *s;
                 }
@@ -6160,6 +6221,8 @@ private:
     bool rebuild_ = false; ///< QEMU's `rebuild`: the refcount structure must be rebuilt
     std::vector<std::byte> l2_buf_;
     std::vector<std::uint64_t> active_l1_;
+    std::span<const std::byte> memo_;                 ///< the refcount block of `stored_memo`'s last lookup
+    std::uint64_t memo_index_ = ~std::uint64_t{0};
     check_report rep_;
 };
 
@@ -6747,9 +6810,13 @@ public:
             if (w_->failed) return *w_->failed;
             if (auto r = guarded(commit(true)); !r) return r;
         }
+        // A failed flush may have dropped what it was to make durable (Linux forgets the
+        // dirty pages): later calls must not report success over it, so it poisons the writer.
         if (data_file_ && writable_)
-            if (auto r = check_io(data_file_->flush(), "flushing the data file"); !r) return r;
-        return check_io(file_.flush(), "flushing the image file");
+            if (auto r = check_io(data_file_->flush(), "flushing the data file"); !r) return poison(r);
+        if (auto r = check_io(file_.flush(), "flushing the image file"); !r) return poison(r);
+        if (w_) w_->unflushed_data = false;
+        return {};
     }
 
     /**
@@ -6951,8 +7018,9 @@ private:
         std::vector<std::byte, byte_alloc> cbuf;        ///< compressed output
         std::optional<codec::cluster_compressor> compressor;
         std::uint64_t compressed_next = 0; ///< where the next compressed cluster may go (0: in a new cluster)
-        bool lazy = false;                 ///< lazy refcounts: the dirty bit replaces the ordering flushes
+        bool lazy = false;                 ///< lazy refcounts: the dirty bit replaces the refcount ordering flushes
         bool marked_dirty = false;         ///< this writer set the dirty bit (cleared by `close`)
+        bool unflushed_data = false;       ///< guest data written since the last flush of the file
         std::optional<error> failed;       ///< a write to the file failed: the file may lag the memory
     };
 
@@ -6968,6 +7036,7 @@ private:
         using detail::cat;
         using detail::dec;
         if (!writable_) return error{errc::read_only, "writing to an image opened read-only"};
+        if (w_ && w_->failed) return *w_->failed;
         if (header_.incompatible_features & features::corrupt::mask)
             return error{errc::image_corrupt, "the image is marked corrupt: repair it (check with repair) before writing"};
         if (header_.incompatible_features & features::dirty::mask && !(w_ && w_->marked_dirty))
@@ -6988,13 +7057,19 @@ private:
     result<void> prepare_modify(bool data) {
         if (w_->lazy && !w_->marked_dirty) {
             header_.incompatible_features |= features::dirty::mask;
-            if (auto r = write_header(); !r) return poison(r);
+            if (auto r = write_header(); !r) {
+                header_.incompatible_features &= ~features::dirty::mask; // memory says what the file may say
+                return poison(r);
+            }
             w_->marked_dirty = true;
         }
         if (data && (header_.autoclear_features & features::all_zero::mask)) {
             // The image is about to read non-zero: the bit goes first, durably.
             header_.autoclear_features &= ~features::all_zero::mask;
-            if (auto r = write_header(); !r) return poison(r);
+            if (auto r = write_header(); !r) {
+                header_.autoclear_features |= features::all_zero::mask;
+                return poison(r);
+            }
         }
         return {};
     }
@@ -7019,8 +7094,10 @@ private:
         if (!rc) return error(rc.error().code(), detail::cat("loading the refcounts for writing: ", rc.error().message()));
         auto w = std::make_unique<writer_state>(std::move(*rc), alloc_);
         const std::uint64_t cs = cluster_size();
+        // Lazy refcounts relax only the order of refcount updates against L2 tables (the dirty
+        // bit makes the next writable open rebuild the refcounts); new refcount structures and
+        // L1 entries keep theirs.
         w->lazy = header_.version >= 3 && (header_.compatible_features & features::lazy_refcounts::mask);
-        w->rc.set_ordered(!w->lazy);
         w->rc.note_file_end(file_size_);
         w->buf.resize(static_cast<std::size_t>(cs));
         w->zeros.resize(static_cast<std::size_t>(cs));
@@ -7095,6 +7172,7 @@ private:
     result<void> write_host(std::uint64_t host, std::span<const std::byte> bytes) {
         if (bytes.empty()) return {};
         compressed_host_ = ~std::uint64_t{0}; // the last decompressed cluster may live there
+        w_->unflushed_data = true;
         if (data_file_) {
             if (auto r = check_io(data_file_->write_at(host, bytes), "writing guest data to the data file"); !r) return r;
             data_file_size_ = std::max(data_file_size_, host + bytes.size());
@@ -7179,11 +7257,19 @@ private:
         const bool ordered = !w.lazy;
         const bool l1_dirty = w.l1_lo < w.l1_hi;
         const bool tables = !w.dirty_l2.empty() || l1_dirty;
-        // 1. Refcount increases, durable before anything refers to the clusters.
+        // 1. Refcount increases, durable before anything refers to the clusters (lazy
+        // refcounts let them lag); guest data, durable before an entry maps it (always: an
+        // entry that maps bytes never written would show whatever the host cluster held).
+        bool flush_first = tables && w.unflushed_data;
         if (w.rc.dirty_blocks()) {
             if (auto r = w.rc.write_back(file_); !r) return r;
-            if (tables && ordered)
-                if (auto r = check_io(file_.flush(), "flushing refcount blocks"); !r) return r;
+            flush_first |= tables && ordered;
+        }
+        if (flush_first) {
+            if (data_file_)
+                if (auto r = check_io(data_file_->flush(), "flushing the data file"); !r) return r;
+            if (auto r = check_io(file_.flush(), "flushing guest data and refcount blocks"); !r) return r;
+            w.unflushed_data = false;
         }
         // 2. L2 tables.
         if (!w.dirty_l2.empty()) {
@@ -7194,10 +7280,10 @@ private:
             });
             if (!r) return r;
         }
-        // 3. L1 entries, once the tables they point at are durable.
+        // 3. L1 entries, once the tables they point at are durable (lazy refcounts or not: an
+        // L1 entry pointing at a table that never reached the disk is a corruption no repair undoes).
         if (l1_dirty) {
-            if (ordered)
-                if (auto r = check_io(file_.flush(), "flushing L2 tables"); !r) return r;
+            if (auto r = check_io(file_.flush(), "flushing L2 tables"); !r) return r;
             const std::uint64_t n = w.l1_hi - w.l1_lo;
             std::vector<std::byte, byte_alloc> raw(static_cast<std::size_t>(n * 8), byte_alloc(alloc_));
             for (std::uint64_t i = 0; i < n; ++i) detail::store_be64(raw, i * 8, l1_[static_cast<std::size_t>(w.l1_lo + i)]);
@@ -7205,9 +7291,10 @@ private:
             w.l1_lo = ~std::uint64_t{0};
             w.l1_hi = 0;
         }
-        // 4. Refcount decreases, once the references they drop are durable.
+        // 4. Refcount decreases, once the references they drop are durable (lazy refcounts too:
+        // a released cluster is punched and reused at once).
         if (!w.pending.empty()) {
-            if (ordered && tables)
+            if (tables)
                 if (auto r = check_io(file_.flush(), "flushing L1 and L2 tables"); !r) return r;
             for (std::size_t i = 0; i < w.pending.size(); ++i)
                 if (auto r = w.rc.release(file_, w.pending[i].first, w.pending[i].count, [this](std::uint64_t c) { note_freed(c, true); });
@@ -8434,7 +8521,8 @@ private:
         std::vector<std::byte> buf(static_cast<std::size_t>(cluster_size()));
         if (auto r = encode_header(header_, buf); !r) return r;
         if (auto r = check_io(file_.write_at(0, buf), "writing the header"); !r) return r;
-        return flush();
+        // The file only (not `flush`, which would also write the caches' metadata).
+        return check_io(file_.flush(), "flushing the header");
     }
 
     Backend file_;

@@ -182,6 +182,19 @@ private:
         }
     }
 
+    /// `inc(offset, cs_)`, the hot case: one cluster inside the file, aligned, not at the maximum.
+    void inc_cluster(std::uint64_t offset) {
+        const std::uint64_t k = offset >> cb_;
+        if ((offset & (cs_ - 1)) == 0 && k < nb_ && offset + cs_ <= file_len_) {
+            Counter& c = counters_[static_cast<std::size_t>(k)];
+            if (c != max_) {
+                ++c;
+                return;
+            }
+        }
+        inc(offset, cs_);
+    }
+
     result<std::vector<std::uint64_t>> read_l1(std::uint64_t offset, std::uint32_t entries) {
         std::vector<std::uint64_t> l1;
         // Entries past the end of the file read as zero: read (and keep) only those before it.
@@ -252,7 +265,7 @@ private:
                     if (next_contiguous && off != next_contiguous) ++rep_.fragmented_clusters;
                     next_contiguous = off + cs_;
                 }
-                if (!external_) inc(off, cs_);
+                if (!external_) inc_cluster(off);
                 break;
             }
             case type::zero_plain: break;
@@ -554,7 +567,28 @@ private:
     /// QEMU `check_oflag_copied`; with errors repaired, a wrong L1 entry is rewritten at once
     /// and an L2 table with wrong entries once, after its scan (through the image, whose
     /// L1 table and L2 cache stay current).
+    /// `stored`, through the refcount block of the last lookup: the clusters of an L2 table
+    /// mostly share a block, and the block's span stays valid until the reader's next lookup,
+    /// which only this function makes while the COPIED flags are checked.
+    result<std::uint64_t> stored_memo(std::uint64_t cluster) {
+        const unsigned shift = cb_ + 3 - h_.refcount_order;
+        const std::uint64_t idx = cluster >> shift;
+        if (idx != memo_index_) {
+            auto b = reader_.block(idx);
+            if (!b) {
+                memo_index_ = ~std::uint64_t{0};
+                if (b.error().code() == make_error_code(errc::short_read)) return std::uint64_t{0};
+                return b.error();
+            }
+            memo_ = *b;
+            memo_index_ = idx;
+        }
+        if (memo_.empty()) return std::uint64_t{0};
+        return get_refcount(memo_, cluster & ((std::uint64_t{1} << shift) - 1), h_.refcount_order);
+    }
+
     result<void> check_oflag_copied() {
+        memo_index_ = ~std::uint64_t{0};
         // -r leaks repairs COPIED flags only when everything else is clean now (the refcounts are then right).
         const bool repair = fix_errors_ || (fix_leaks_ && !rep_.check_errors && !rep_.corruptions && !rep_.leaks);
         const char* verb = repair ? "Repairing" : "ERROR";
@@ -562,7 +596,7 @@ private:
             const std::uint64_t e = active_l1_[i];
             const std::uint64_t l2 = e & l2_bits::l1_offset_mask;
             if (!l2) continue;
-            auto rc = stored(l2 >> cb_);
+            auto rc = stored_memo(l2 >> cb_);
             if (!rc) continue;
             if ((*rc == 1) != ((e & l2_bits::copied) != 0)) {
                 problem(cat(verb, " OFLAG_COPIED L2 cluster: l1_index=", dec(i), " l1_entry=", hex(e).substr(2), " refcount=", dec(*rc)));
@@ -589,7 +623,7 @@ private:
                 if (t != type::normal && t != type::zero_alloc) continue;
                 std::uint64_t refcount = 1;
                 if (!external_) {
-                    auto s = stored((le & l2_bits::offset_mask) >> cb_);
+                    auto s = stored_memo((le & l2_bits::offset_mask) >> cb_);
                     if (!s) continue;
                     refcount = *s;
                 }
@@ -632,6 +666,8 @@ private:
     bool rebuild_ = false; ///< QEMU's `rebuild`: the refcount structure must be rebuilt
     std::vector<std::byte> l2_buf_;
     std::vector<std::uint64_t> active_l1_;
+    std::span<const std::byte> memo_;                 ///< the refcount block of `stored_memo`'s last lookup
+    std::uint64_t memo_index_ = ~std::uint64_t{0};
     check_report rep_;
 };
 

@@ -307,8 +307,6 @@ struct no_overlap_guard {
  *   released. A crash at any point leaves the old structure or the new one, at worst with
  *   leaked clusters. Callers that keep their own copy of the header take the new
  *   `table_offset()` and `table_clusters()` from this object.
- * With `set_ordered(false)` (lazy refcounts: the caller has set the dirty bit), the
- * flushes are left out.
  *
  * Refcounts never wrap: an increment past the width's maximum is `refcount_overflow`, a
  * decrement below 0 is `image_corrupt`, and neither changes anything.
@@ -394,8 +392,6 @@ public:
     std::uint64_t free_hint() const noexcept { return hint_; }
     /// Refcount blocks changed in memory and not yet written.
     std::size_t dirty_blocks() const noexcept { return dirty_.size(); }
-    /// False under lazy refcounts: growth then writes without its ordering flushes.
-    void set_ordered(bool ordered) noexcept { ordered_ = ordered; }
 
     /// True when `[offset, offset + length)` touches the refcount table or a refcount block.
     bool overlaps(std::uint64_t offset, std::uint64_t length) const noexcept {
@@ -515,10 +511,7 @@ private:
         file_end_ = std::max(file_end_, offset + data.size());
         return {};
     }
-    result<void> flush(Backend& f, std::string_view what) {
-        if (!ordered_) return {};
-        return check_io(f.flush(), what);
-    }
+    result<void> flush(Backend& f, std::string_view what) { return check_io(f.flush(), what); }
 
     bool has_block(std::uint64_t cluster) const noexcept {
         const std::uint64_t idx = cluster >> block_shift();
@@ -760,7 +753,6 @@ private:
     std::uint64_t hint_ = 0;
     unsigned cluster_bits_ = 16;
     unsigned order_ = 4;
-    bool ordered_ = true;
 };
 
 /// Opens a refcount reader over an image's file (`img.backend()`, `img.header()`).
