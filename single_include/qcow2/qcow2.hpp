@@ -5488,12 +5488,12 @@ result<std::optional<std::uint64_t>> first_nonzero(Image& img) {
                 if constexpr (io::supports_block_status<typename Image::backend_type>) {
                     if (m->state == cluster_state::data) {
                         io::extent_status st;
-                        if (!img.data_backend().block_status(m->host_offset + (p - pos), n, st) && st.length) {
-                            n = std::min(n, st.length);
+                        if (!img.data_backend().block_status(m->host_offset + (p - pos), pos + m->length - p, st) && st.length) {
                             if (!st.data) {
-                                p += n;
+                                p += st.length;
                                 continue;
                             }
+                            n = std::min(n, st.length);
                         }
                     }
                 }
