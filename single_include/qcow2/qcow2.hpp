@@ -6855,6 +6855,102 @@ public:
     }
 
     /**
+     * @brief Changes the backing file the header names (what `qemu-img rebase -u` does): the
+     *        name as stored, and its format (empty: no backing format extension). An empty
+     *        name removes the backing file. Nothing else changes: reads of unallocated
+     *        clusters go to the new file once the image is opened again.
+     * @par Errors
+     * `read_only`; `not_supported` with a raw external data file (QEMU forbids a backing
+     * file there); `backing_name_too_long` or `backing_format_too_long`; `invalid_argument`
+     * when cluster 0 has no room for the name; I/O errors (the header in memory is kept).
+     */
+    result<void> set_backing_file(std::string_view name, std::string_view format = {}) {
+        if (!writable_) return error{errc::read_only, "rewriting the header of an image opened read-only"};
+        if (!name.empty() && data_file_raw()) return error{errc::not_supported, "an image with a raw external data file cannot have a backing file"};
+        if (name.size() > limits::max_backing_name)
+            return error{errc::backing_name_too_long, detail::cat("backing file name of ", detail::dec(name.size()), " bytes is over 1023")};
+        if (format.size() > limits::max_backing_format)
+            return error{errc::backing_format_too_long, detail::cat("backing format '", format, "' is over 15 bytes")};
+        if (auto r = flush(); !r) return r;
+        qcow2::header h = header_;
+        h.backing_file = std::string(name);
+        if (format.empty() || name.empty()) h.remove_extension(extension_type::backing_format);
+        else h.set_extension(extension_type::backing_format, detail::to_bytes(format));
+        lay_out_header(h);
+        if (encoded_header_size(h) > cluster_size())
+            return error{errc::invalid_argument, "the backing file name does not fit in cluster 0"};
+        const qcow2::header old = std::move(header_);
+        header_ = std::move(h);
+        if (auto r = write_header(); !r) {
+            header_ = old;
+            return r;
+        }
+        return {};
+    }
+
+    /// @name Internal snapshots
+    /// Snapshots of the guest disk kept inside the image, as `qemu-img snapshot` keeps them
+    /// (disk only: no VM state). They need a writable image without an external data file.
+    /// @{
+
+    /**
+     * @brief Creates a snapshot of the disk as it is now (QEMU's `qcow2_snapshot_create`).
+     *
+     * Every cluster the active tables reference gains a reference (so later writes copy
+     * them), a copy of the L1 table is written, and a new snapshot table that lists the
+     * snapshot replaces the old one (the header switches to it in one 12-byte write between
+     * flushes). A crash before the switch leaves only leaked references.
+     * @param name the snapshot's name; must not be taken.
+     * @param id its id; empty: one more than the largest numeric id, as QEMU numbers them.
+     * @param date_sec, date_nsec the time it is taken (what `qemu-img snapshot -l` shows).
+     * @par Errors
+     * `invalid_argument` for a name or id taken, or more than 65536 snapshots;
+     * `not_supported` with an external data file; `refcount_overflow` when a cluster's
+     * refcount would pass the width's maximum (1-bit refcounts hold no snapshot); I/O errors.
+     */
+    result<void> create_snapshot(std::string_view name, std::string_view id = {}, std::uint32_t date_sec = 0,
+                                 std::uint32_t date_nsec = 0) {
+        if (auto r = check_modify(0, 0); !r) return r;
+        if (auto r = check_snapshot_create(name, id); !r) return r;
+        if (auto r = prepare_modify(false); !r) return r;
+        return guarded(create_snapshot_impl(name, id, date_sec, date_nsec));
+    }
+
+    /**
+     * @brief Makes the disk what it was when snapshot `id_or_name` was taken (QEMU's
+     *        `qcow2_snapshot_goto`; ids are tried before names), the virtual size included.
+     *
+     * The snapshot's clusters gain a reference, its L1 table is copied over the active one,
+     * the clusters the old active tables referenced lose one, and the COPIED flags are
+     * recomputed. Clears the all-zero bit first.
+     * @par Errors
+     * `invalid_argument` for an unknown snapshot; those of `create_snapshot`.
+     */
+    result<void> apply_snapshot(std::string_view id_or_name) {
+        if (auto r = check_modify(0, 0); !r) return r;
+        const auto i = find_snapshot(id_or_name);
+        if (!i) return i.error();
+        if (auto r = prepare_modify(true); !r) return r;
+        return guarded(apply_snapshot_impl(*i));
+    }
+
+    /**
+     * @brief Deletes snapshot `id_or_name` (QEMU's `qcow2_snapshot_delete`; ids are tried
+     *        before names): the table without it replaces the old one, then its clusters lose
+     *        their reference (freed when no longer used) and the COPIED flags are recomputed.
+     * @par Errors
+     * `invalid_argument` for an unknown snapshot; I/O errors.
+     */
+    result<void> delete_snapshot(std::string_view id_or_name) {
+        if (auto r = check_modify(0, 0); !r) return r;
+        const auto i = find_snapshot(id_or_name);
+        if (!i) return i.error();
+        if (auto r = prepare_modify(false); !r) return r;
+        return guarded(delete_snapshot_impl(*i));
+    }
+    /// @}
+
+    /**
      * @brief Clears the autoclear bits in `mask` (a repair found the all-zero bit wrong):
      *        rewrites the header and flushes. No-op when none is set.
      * @par Errors
@@ -7102,27 +7198,34 @@ private:
         w->buf.resize(static_cast<std::size_t>(cs));
         w->zeros.resize(static_cast<std::size_t>(cs));
         w->batch.reserve(static_cast<std::size_t>(geometry_.entries_per_table()));
-        // The metadata every write is checked against (QEMU's "cached" overlap template).
-        w->fixed.push_back({0, cs, "the header"});
-        if (header_.l1_size) w->fixed.push_back({header_.l1_table_offset, std::uint64_t{header_.l1_size} * 8, "the L1 table"});
+        w_ = std::move(w);
+        rebuild_metadata_index();
+        return {};
+    }
+
+    /// The metadata every write is checked against (QEMU's "cached" overlap template), from
+    /// the header, the snapshot table, the bitmap directory and the active L1 table.
+    void rebuild_metadata_index() {
+        auto& fixed = w_->fixed;
+        fixed.clear();
+        fixed.push_back({0, cluster_size(), "the header"});
+        if (header_.l1_size) fixed.push_back({header_.l1_table_offset, std::uint64_t{header_.l1_size} * 8, "the L1 table"});
         if (header_.nb_snapshots) {
-            std::uint64_t n = 0;
-            for (const auto& s : snapshots_) n += snapshot_entry_size(s);
-            w->fixed.push_back({header_.snapshots_offset, n, "the snapshot table"});
-            for (const auto& s : snapshots_)
-                if (s.l1_size) w->fixed.push_back({s.l1_table_offset, std::uint64_t{s.l1_size} * 8, "a snapshot's L1 table"});
+            fixed.push_back({header_.snapshots_offset, snapshot_table_size(snapshots_), "the snapshot table"});
+            for (const auto& sn : snapshots_)
+                if (sn.l1_size) fixed.push_back({sn.l1_table_offset, std::uint64_t{sn.l1_size} * 8, "a snapshot's L1 table"});
         }
         if (const auto b = header_.bitmaps()) {
-            w->fixed.push_back({b->directory_offset, b->directory_size, "the bitmap directory"});
-            for (const auto& bm : bitmaps_) w->fixed.push_back({bm.table_offset, std::uint64_t{bm.table_size} * 8, "a bitmap table"});
+            fixed.push_back({b->directory_offset, b->directory_size, "the bitmap directory"});
+            for (const auto& bm : bitmaps_) fixed.push_back({bm.table_offset, std::uint64_t{bm.table_size} * 8, "a bitmap table"});
         }
-        if (const auto c = header_.encryption()) w->fixed.push_back({c->offset, c->length, "the encryption header"});
+        if (const auto c = header_.encryption()) fixed.push_back({c->offset, c->length, "the encryption header"});
+        auto& idx = w_->l2_index;
+        idx.clear();
         for (const std::uint64_t e : l1_)
-            if (const std::uint64_t off = e & l2_bits::l1_offset_mask) w->l2_index.push_back(off);
-        std::sort(w->l2_index.begin(), w->l2_index.end());
-        w->l2_index.erase(std::unique(w->l2_index.begin(), w->l2_index.end()), w->l2_index.end());
-        w_ = std::move(w);
-        return {};
+            if (const std::uint64_t off = e & l2_bits::l1_offset_mask) idx.push_back(off);
+        std::sort(idx.begin(), idx.end());
+        idx.erase(std::unique(idx.begin(), idx.end()), idx.end());
     }
 
     /// The metadata that `[offset, offset + length)` of the image file would overwrite, or
@@ -7901,9 +8004,7 @@ private:
         header_.l1_size = static_cast<std::uint32_t>(entries);
         header_.l1_table_offset = at;
         l1_.resize(static_cast<std::size_t>(entries), 0);
-        auto& fixed = w_->fixed;
-        std::erase_if(fixed, [&](const extent& e) { return e.offset == old_at && std::string_view(e.what) == "the L1 table"; });
-        fixed.push_back({at, entries * 8, "the L1 table"});
+        rebuild_metadata_index();
         if (old_size) defer_release(old_at >> header_.cluster_bits, detail::div_round_up(old_size * 8, cs));
         return {};
     }
@@ -7993,6 +8094,262 @@ private:
             }
         }
         return truncate_unused();
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    /// The index of the snapshot whose id is `key`, else whose name is, as QEMU looks it up.
+    result<std::size_t> find_snapshot(std::string_view key) const {
+        for (std::size_t i = 0; i < snapshots_.size(); ++i)
+            if (snapshots_[i].id == key) return i;
+        for (std::size_t i = 0; i < snapshots_.size(); ++i)
+            if (snapshots_[i].name == key) return i;
+        return error{errc::invalid_argument, detail::cat("no snapshot with id or name '", key, "'")};
+    }
+
+    result<void> check_snapshot_create(std::string_view name, std::string_view id) const {
+        using detail::cat;
+        if (geometry_.external_data) return error{errc::not_supported, "images with an external data file cannot hold internal snapshots"};
+        if (snapshots_.size() >= limits::max_snapshots) return error{errc::invalid_argument, "the image holds 65536 snapshots already"};
+        if (name.size() > 0xFFFF || id.size() > 0xFFFF) return error{errc::invalid_argument, "a snapshot name or id is over 65535 bytes"};
+        for (const auto& sn : snapshots_) {
+            if (sn.name == name) return error{errc::invalid_argument, cat("a snapshot named '", name, "' exists already")};
+            if (!id.empty() && sn.id == id) return error{errc::invalid_argument, cat("a snapshot with id '", id, "' exists already")};
+        }
+        if (w_->rc.max_refcount() < 2)
+            return error{errc::refcount_overflow, "1-bit refcounts cannot count the references a snapshot adds"};
+        return {};
+    }
+
+    /**
+     * Calls `f(first_cluster, count)` for every host cluster run the L1 table `l1` refers to:
+     * each L2 table, and in it each data, preallocated zero and compressed cluster (not the
+     * data clusters of an external data file, which are not refcounted). Stops at the first
+     * error `f` returns; `limit` stops it after that many calls (the rest is not visited).
+     */
+    template <class F>
+    result<std::uint64_t> for_each_reference(std::span<const std::uint64_t> l1, F&& f, std::uint64_t limit = ~std::uint64_t{0}) {
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t ept = geometry_.entries_per_table();
+        std::uint64_t calls = 0;
+        for (std::size_t i = 0; i < l1.size(); ++i) {
+            const std::uint64_t l2 = l1[i] & l2_bits::l1_offset_mask;
+            if (!l2) continue;
+            if (calls == limit) return calls;
+            if (auto r = f(l2 >> cb, std::uint64_t{1}); !r) return r.error();
+            ++calls;
+            auto t = l2_table(l2, i);
+            if (!t) return t.error();
+            std::vector<std::byte, byte_alloc> table(t->begin(), t->end(), byte_alloc(alloc_)); // f may use the cache
+            for (std::uint64_t k = 0; k < ept; ++k) {
+                const std::uint64_t e = l2_entry(table, k);
+                std::uint64_t first = 0, count = 0;
+                if (e & l2_bits::compressed) {
+                    const compressed_extent c = decode_compressed(e, cb);
+                    first = c.offset >> cb;
+                    count = ((c.offset + c.size - 1) >> cb) - first + 1;
+                } else if ((e & l2_bits::offset_mask) && !geometry_.external_data) {
+                    first = (e & l2_bits::offset_mask) >> cb;
+                    count = 1;
+                }
+                if (!count) continue;
+                if (calls == limit) return calls;
+                if (auto r = f(first, count); !r) return r.error();
+                ++calls;
+            }
+        }
+        return calls;
+    }
+
+    /// Adds one reference to everything `l1` refers to, all or nothing.
+    result<void> reference_all(std::span<const std::uint64_t> l1) {
+        std::uint64_t made = 0;
+        auto done = for_each_reference(l1, [&](std::uint64_t c, std::uint64_t n) {
+            auto r = w_->rc.update(file_, c, n, 1);
+            if (r) ++made;
+            return r;
+        });
+        if (done) return {};
+        // Undo the references made before the failure (nothing refers to them yet).
+        (void)for_each_reference(l1, [&](std::uint64_t c, std::uint64_t n) { return w_->rc.update(file_, c, n, -1); }, made);
+        return done.error();
+    }
+
+    /// Sets the COPIED flags of the active L1 and L2 entries to what the refcounts say (QEMU's
+    /// `qcow2_update_snapshot_refcount` with addend 0).
+    result<void> recompute_copied() {
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t ept = geometry_.entries_per_table();
+        for (std::size_t i = 0; i < l1_.size(); ++i) {
+            const std::uint64_t l2 = l1_[i] & l2_bits::l1_offset_mask;
+            if (!l2) continue;
+            auto rc = w_->rc.get(file_, l2 >> cb);
+            if (!rc) return rc.error();
+            const bool own = *rc == 1;
+            if (own != ((l1_[i] & l2_bits::copied) != 0)) {
+                l1_[i] = own ? l1_[i] | l2_bits::copied : l1_[i] & ~l2_bits::copied;
+                mark_l1(i);
+            }
+            if (auto r = make_room(); !r) return r;
+            auto t = l2_table(l2, i);
+            if (!t) return t.error();
+            l2_cache_->pin(l2);
+            result<void> r;
+            for (std::uint64_t k = 0; k < ept && r; ++k) {
+                const std::uint64_t e = l2_entry(*t, k);
+                if ((e & l2_bits::compressed) || !(e & l2_bits::offset_mask) || geometry_.external_data) continue;
+                auto d = w_->rc.get(file_, (e & l2_bits::offset_mask) >> cb);
+                if (!d) {
+                    r = d.error();
+                    break;
+                }
+                const bool mine = *d == 1;
+                if (mine != ((e & l2_bits::copied) != 0)) set_l2(*t, l2, k, mine ? e | l2_bits::copied : e & ~l2_bits::copied, l2_bitmap(*t, k));
+            }
+            l2_cache_->unpin(l2);
+            if (!r) return r;
+        }
+        return {};
+    }
+
+    /// Writes `entries` as the snapshot table in new clusters, points the header at it (12
+    /// bytes at 60, between flushes) and releases the old table.
+    result<void> replace_snapshot_table(std::vector<snapshot_entry> entries) {
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t cs = cluster_size();
+        const std::uint64_t bytes = snapshot_table_size(entries);
+        std::uint64_t at = 0;
+        if (bytes) {
+            auto run = allocate_clusters(detail::div_round_up(bytes, cs), true);
+            if (!run) return run.error();
+            at = run->first << cb;
+            std::vector<std::byte> raw = encode_snapshot_table(entries);
+            raw.resize(static_cast<std::size_t>(detail::div_round_up(bytes, cs) * cs));
+            if (auto r = write_meta(at, raw, "writing the snapshot table"); !r) return r;
+        }
+        if (auto r = commit(true); !r) return r;
+        if (auto r = check_io(file_.flush(), "flushing the new snapshot table"); !r) return r;
+        std::byte h[12];
+        detail::store_be32(h, 0, static_cast<std::uint32_t>(entries.size()));
+        detail::store_be64(h, 4, at);
+        if (auto r = write_meta(60, h, "pointing the header at the new snapshot table"); !r) return r;
+        if (auto r = check_io(file_.flush(), "flushing the header"); !r) return r;
+        const std::uint64_t old_at = header_.snapshots_offset, old_bytes = snapshot_table_size(snapshots_);
+        header_.nb_snapshots = static_cast<std::uint32_t>(entries.size());
+        header_.snapshots_offset = at;
+        snapshots_ = std::move(entries);
+        rebuild_metadata_index();
+        if (old_bytes) defer_release(old_at >> cb, detail::div_round_up(old_bytes, cs));
+        return {};
+    }
+
+    /// Reads the L1 table of a snapshot.
+    result<std::vector<std::uint64_t, u64_alloc>> read_snapshot_l1(const snapshot_entry& sn) {
+        std::vector<std::byte, byte_alloc> raw(static_cast<std::size_t>(sn.l1_size) * 8, byte_alloc(alloc_));
+        if (auto r = detail::read_zero_padded(file_, file_size_, sn.l1_table_offset, raw, "reading a snapshot's L1 table"); !r)
+            return r.error();
+        std::vector<std::uint64_t, u64_alloc> l1(sn.l1_size, u64_alloc(alloc_));
+        for (std::size_t i = 0; i < l1.size(); ++i) l1[i] = detail::load_be64(raw, i * 8);
+        return l1;
+    }
+
+    result<void> create_snapshot_impl(std::string_view name, std::string_view id, std::uint32_t date_sec, std::uint32_t date_nsec) {
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t cs = cluster_size();
+        if (auto r = commit(true); !r) return r;
+        // The copy of the L1 table (as it is, COPIED flags included, as QEMU copies it).
+        snapshot_entry sn;
+        sn.l1_size = header_.l1_size;
+        if (sn.l1_size) {
+            auto run = allocate_clusters(detail::div_round_up(std::uint64_t{sn.l1_size} * 8, cs), true);
+            if (!run) return run.error();
+            sn.l1_table_offset = run->first << cb;
+            std::vector<std::byte, byte_alloc> raw(static_cast<std::size_t>(detail::div_round_up(std::uint64_t{sn.l1_size} * 8, cs) * cs),
+                                                   std::byte{0}, byte_alloc(alloc_));
+            for (std::size_t i = 0; i < l1_.size(); ++i) detail::store_be64(raw, i * 8, l1_[i]);
+            if (auto r = guard(sn.l1_table_offset, raw.size()); !r) return r;
+            if (auto r = write_meta(sn.l1_table_offset, raw, "writing a snapshot's L1 table"); !r) return r;
+        }
+        // One more reference to everything the disk uses; then nothing of it is this image's alone.
+        if (auto r = reference_all(l1_); !r) {
+            if (sn.l1_size) release_unused({sn.l1_table_offset >> cb, detail::div_round_up(std::uint64_t{sn.l1_size} * 8, cs)});
+            return r;
+        }
+        if (auto r = recompute_copied(); !r) return r;
+        // The entry: QEMU's 24 bytes of extra data (no VM state, the disk size, no icount).
+        std::uint64_t next = 1;
+        for (const auto& s : snapshots_) {
+            std::uint64_t v = 0;
+            const bool numeric = !s.id.empty() && std::all_of(s.id.begin(), s.id.end(), [](char c) { return c >= '0' && c <= '9'; });
+            if (numeric && s.id.size() < 19) v = std::stoull(s.id);
+            next = std::max(next, v + 1);
+        }
+        sn.id = id.empty() ? detail::dec(next) : std::string(id);
+        sn.name = std::string(name);
+        sn.date_sec = date_sec;
+        sn.date_nsec = date_nsec;
+        sn.extra.resize(24);
+        detail::store_be64(sn.extra, 0, 0);
+        detail::store_be64(sn.extra, 8, header_.size);
+        detail::store_be64(sn.extra, 16, ~std::uint64_t{0});
+        std::vector<snapshot_entry> entries = snapshots_;
+        entries.push_back(std::move(sn));
+        if (auto r = replace_snapshot_table(std::move(entries)); !r) return r;
+        if (auto r = commit(true); !r) return r;
+        return check_io(file_.flush(), "flushing the image");
+    }
+
+    result<void> delete_snapshot_impl(std::size_t index) {
+        const unsigned cb = header_.cluster_bits;
+        if (auto r = commit(true); !r) return r;
+        const snapshot_entry sn = snapshots_[index];
+        auto l1 = read_snapshot_l1(sn);
+        if (!l1) return l1.error();
+        std::vector<snapshot_entry> entries = snapshots_;
+        entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(index));
+        if (auto r = replace_snapshot_table(std::move(entries)); !r) return r;
+        // The header no longer names the snapshot: its references go (after the next commit, in order).
+        auto walked = for_each_reference(*l1, [&](std::uint64_t c, std::uint64_t n) {
+            defer_release(c, n);
+            return result<void>{};
+        });
+        if (!walked) return walked.error();
+        if (sn.l1_size) defer_release(sn.l1_table_offset >> cb, detail::div_round_up(std::uint64_t{sn.l1_size} * 8, cluster_size()));
+        if (auto r = commit(true); !r) return r; // releases applied: refcounts final
+        if (auto r = recompute_copied(); !r) return r;
+        if (auto r = commit(true); !r) return r;
+        return check_io(file_.flush(), "flushing the image");
+    }
+
+    result<void> apply_snapshot_impl(std::size_t index) {
+        const snapshot_entry sn = snapshots_[index];
+        // The disk takes the snapshot's size (newer QEMU resizes too; an old entry without it keeps the size).
+        if (const auto size = sn.disk_size(); size && *size != header_.size) {
+            if (*size % 512) return error{errc::image_corrupt, "the snapshot's disk size is not a multiple of 512"};
+            if (auto r = resize_impl(*size); !r) return r;
+        }
+        if (auto r = commit(true); !r) return r;
+        auto l1 = read_snapshot_l1(sn);
+        if (!l1) return l1.error();
+        if (l1->size() > l1_.size())
+            if (auto r = grow_l1(l1->size()); !r) return r;
+        if (auto r = reference_all(*l1); !r) return r;
+        // The old active references go once the new L1 table is durable.
+        std::vector<std::uint64_t, u64_alloc> old(l1_.begin(), l1_.end(), u64_alloc(alloc_));
+        std::fill(l1_.begin(), l1_.end(), 0);
+        std::copy(l1->begin(), l1->end(), l1_.begin());
+        mark_l1(0);
+        mark_l1(l1_.size() - 1);
+        auto walked = for_each_reference(old, [&](std::uint64_t c, std::uint64_t n) {
+            defer_release(c, n);
+            return result<void>{};
+        });
+        if (!walked) return walked.error();
+        rebuild_metadata_index();
+        if (auto r = commit(true); !r) return r;
+        if (auto r = recompute_copied(); !r) return r;
+        if (auto r = commit(true); !r) return r;
+        return check_io(file_.flush(), "flushing the image");
     }
 
     /// Maps the unallocated clusters of `[start, end)` to the same offsets of the data file.
