@@ -4,6 +4,7 @@
 // Each subcommand lives in its own header; this file only dispatches.
 #include <qcow2/qcow2.hpp>
 
+#include "bench.hpp"
 #include "check.hpp"
 #include "compare.hpp"
 #include "convert.hpp"
@@ -41,7 +42,11 @@ void usage(std::FILE* to) {
                  "  check [--output=human|json] [-f FMT] [-r leaks|all] [-q] FILE\n"
                  "        refcount consistency as qemu-img check reports it (exit 0 clean, 1 check errors, 2 corruptions, 3 leaks)\n"
                  "  compare [-f FMT] [-F FMT] [-s] [-q] A B\n"
-                 "        exit 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error\n\n"
+                 "        exit 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error\n"
+                 "  bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N] [-i AIO] [-n] [--no-drain] [-o OFFSET]\n"
+                 "        [--pattern=N] [-q] [-s BUFFER_SIZE] [-S STEP_SIZE] [-t CACHE] [-w] [-U] FILE\n"
+                 "        qemu-img bench's requests and report, sent one at a time (-d, -t, -i, -n, --no-drain\n"
+                 "        are checked and otherwise ignored); -w writes, then flushes inside the timed run\n\n"
                  "FMT is qcow2 or raw (probed when not given). Sizes and offsets take QEMU's suffixes (k, M, G, T, P, E).\n",
                  QCOW2_VERSION_STRING);
 }
@@ -72,6 +77,7 @@ int main(int argc, char** argv) {
     if (cmd == "io") return cli::io_command(args);
     if (cmd == "compare") return cli::compare_command(args);
     if (cmd == "check") return cli::check_command(args);
+    if (cmd == "bench") return cli::bench_command(args);
     cli::fail("Command not found: " + cmd);
     return 1;
 }
