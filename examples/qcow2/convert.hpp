@@ -26,6 +26,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -358,6 +360,120 @@ private:
 };
 
 /**
+ * Reads a guest disk ahead, unit by unit, on a thread of its own, so that reading the next
+ * unit overlaps writing this one (the two cores of a small machine both work). A unit the
+ * metadata says reads as zeroes is not read. At most `depth` units wait, read, at a time.
+ */
+class read_ahead {
+public:
+    struct unit {
+        std::uint64_t pos = 0, end = 0;
+        bool zero = false;              ///< reads as zeroes (not read)
+        std::vector<std::byte> data;    ///< the unit's bytes otherwise
+        std::string error;              ///< set on the last unit when reading failed
+    };
+
+    read_ahead(disk& src, std::uint64_t unit_size, std::size_t depth = 2)
+        : src_(src), unit_(unit_size), depth_(depth), thread_([this] { run(); }) {}
+    read_ahead(const read_ahead&) = delete;
+    read_ahead& operator=(const read_ahead&) = delete;
+    ~read_ahead() {
+        {
+            const std::lock_guard<std::mutex> g(lock_);
+            stop_ = true;
+        }
+        changed_.notify_all();
+        thread_.join();
+    }
+
+    /// The next unit in order, or nothing after the last one.
+    std::optional<unit> next() {
+        std::unique_lock<std::mutex> g(lock_);
+        changed_.wait(g, [&] { return !ready_.empty() || done_; });
+        if (ready_.empty()) return std::nullopt;
+        unit u = std::move(ready_.front());
+        ready_.pop_front();
+        changed_.notify_all();
+        return u;
+    }
+
+    /// Gives a unit's buffer back for reuse.
+    void recycle(std::vector<std::byte>&& buf) {
+        const std::lock_guard<std::mutex> g(lock_);
+        if (buf.capacity()) spare_.push_back(std::move(buf));
+    }
+
+private:
+    void run() {
+        const std::uint64_t size = src_.size();
+        for (std::uint64_t pos = 0; pos < size;) {
+            unit u;
+            u.pos = pos;
+            u.end = std::min(size, pos + unit_);
+            u.zero = true;
+            // The runs of the unit: only those that may hold data are read.
+            runs_.clear();
+            for (std::uint64_t at = pos; at < u.end;) {
+                auto run = src_.status(at, u.end - at);
+                if (!run) {
+                    u.error = "error while reading block status at offset " + std::to_string(at) + ": " + run.error().what();
+                    break;
+                }
+                runs_.push_back({at, run->length, run->zero()});
+                u.zero = u.zero && run->zero();
+                at += run->length;
+            }
+            if (u.error.empty() && !u.zero) {
+                {
+                    const std::lock_guard<std::mutex> g(lock_);
+                    if (!spare_.empty()) {
+                        u.data = std::move(spare_.back());
+                        spare_.pop_back();
+                    }
+                }
+                u.data.resize(static_cast<std::size_t>(u.end - u.pos));
+                for (const auto& r : runs_) {
+                    const auto part = std::span(u.data).subspan(static_cast<std::size_t>(r.at - u.pos), static_cast<std::size_t>(r.length));
+                    if (r.zero) {
+                        std::fill(part.begin(), part.end(), std::byte{0});
+                    } else if (auto rd = src_.read(r.at, part); !rd) {
+                        u.error = "error while reading at byte " + std::to_string(r.at) + ": " + rd.error().what();
+                        break;
+                    }
+                }
+            }
+            const bool failed = !u.error.empty();
+            std::unique_lock<std::mutex> g(lock_);
+            changed_.wait(g, [&] { return ready_.size() < depth_ || stop_; });
+            if (stop_) return;
+            ready_.push_back(std::move(u));
+            changed_.notify_all();
+            if (failed) break;
+            pos = ready_.back().end;
+        }
+        const std::lock_guard<std::mutex> g(lock_);
+        done_ = true;
+        changed_.notify_all();
+    }
+
+    struct run_info {
+        std::uint64_t at, length;
+        bool zero;
+    };
+
+    disk& src_;
+    std::uint64_t unit_;
+    std::size_t depth_;
+    std::vector<run_info> runs_; // the reading thread's
+    std::mutex lock_;
+    std::condition_variable changed_;
+    std::deque<unit> ready_;
+    std::vector<std::vector<std::byte>> spare_;
+    bool stop_ = false, done_ = false;
+    std::thread thread_; // last: started once everything above exists
+};
+
+/**
  * Copies the guest disk of `src` into the qcow2 image `dst`; the error message, empty on success.
  *
  * Works in 2 MiB units of whole clusters of `dst`: a unit the metadata says reads as zeroes
@@ -370,7 +486,6 @@ inline std::string copy_into_qcow2(disk& src, qcow2::image& dst, bool fresh, boo
     const std::uint64_t cs = dst.cluster_size();
     // Compressed output works in larger batches, so that every thread has clusters to compress.
     const std::uint64_t unit = std::max<std::uint64_t>(cs, (compressed ? std::uint64_t{8} : std::uint64_t{2}) << 20);
-    std::vector<std::byte> buf(static_cast<std::size_t>(unit));
     std::optional<parallel_compressor> squeeze;
     if (compressed) squeeze.emplace(dst.header().compression_kind(), cs);
     const auto write_failed = [](std::uint64_t at, const qcow2::error& e) {
@@ -383,25 +498,16 @@ inline std::string copy_into_qcow2(disk& src, qcow2::image& dst, bool fresh, boo
             return write_failed(begin, r.error());
         return {};
     };
-    for (std::uint64_t pos = 0; pos < size;) {
-        const std::uint64_t end = std::min(size, pos + unit);
-        bool known_zero = true;
-        for (std::uint64_t at = pos; known_zero && at < end;) {
-            auto run = src.status(at, end - at);
-            if (!run)
-                return "error while reading block status at offset " + std::to_string(at) + ": " + run.error().what();
-            known_zero = run->zero();
-            at += run->length;
-        }
-        if (known_zero) {
+    read_ahead reader(src, unit);
+    while (auto u = reader.next()) {
+        if (!u->error.empty()) return u->error;
+        const std::uint64_t pos = u->pos, end = u->end;
+        if (u->zero) {
             if (auto err = zeroes(pos, end); !err.empty()) return err;
             meter.update(end, size);
-            pos = end;
             continue;
         }
-        const auto data = std::span(buf).first(static_cast<std::size_t>(end - pos));
-        if (auto r = src.read(pos, data); !r)
-            return "error while reading at byte " + std::to_string(pos) + ": " + r.error().what();
+        const std::span<const std::byte> data = u->data;
         // Runs of clusters that are all zeroes, and of clusters that are not.
         std::uint64_t run_start = pos;
         bool run_zero = true;
@@ -443,7 +549,7 @@ inline std::string copy_into_qcow2(disk& src, qcow2::image& dst, bool fresh, boo
         }
         if (auto err = flush_run(end); !err.empty()) return err;
         meter.update(end, size);
-        pos = end;
+        reader.recycle(std::move(u->data));
     }
     return {};
 }

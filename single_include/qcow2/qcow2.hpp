@@ -1208,6 +1208,7 @@ public:
      * the largest `off_t`; errno codes from `pwrite` (`ENOSPC`, `EIO`, ...).
      */
     std::error_code write_at(std::uint64_t offset, std::span<const std::byte> in) noexcept {
+        forget_extent();
         if (read_only_) return make_error_code(errc::read_only);
         if (!detail::range_fits_off_t(offset, in.size())) return make_error_code(errc::file_too_large);
         return write_all(offset, in.data(), in.size());
@@ -1227,6 +1228,7 @@ public:
      * `errc::read_only`, `errc::file_too_large` past the largest `off_t`, errno codes.
      */
     std::error_code resize(std::uint64_t n) noexcept {
+        forget_extent();
         if (read_only_) return make_error_code(errc::read_only);
         if (n > detail::max_off) return make_error_code(errc::file_too_large);
         return truncate_to(n);
@@ -1256,6 +1258,7 @@ public:
      * `errc::read_only`, errno codes.
      */
     std::error_code discard(std::uint64_t offset, std::uint64_t length) noexcept {
+        forget_extent();
         if (read_only_) return make_error_code(errc::read_only);
         std::uint64_t n = 0;
         if (auto ec = size(n)) return ec;
@@ -1273,6 +1276,7 @@ public:
      * `errc::read_only`, `errc::file_too_large` past the largest `off_t`, errno codes.
      */
     std::error_code write_zeroes(std::uint64_t offset, std::uint64_t length) noexcept {
+        forget_extent();
         if (read_only_) return make_error_code(errc::read_only);
         if (length == 0) return {};
         if (!detail::range_fits_off_t(offset, length)) return make_error_code(errc::file_too_large);
@@ -1299,6 +1303,7 @@ public:
      * `errc::read_only`, `errc::file_too_large`, errno codes (`ENOSPC`, ...).
      */
     std::error_code preallocate(std::uint64_t offset, std::uint64_t length) noexcept {
+        forget_extent();
         if (read_only_) return make_error_code(errc::read_only);
         if (length == 0) return {};
         if (!detail::range_fits_off_t(offset, length)) return make_error_code(errc::file_too_large);
@@ -1335,6 +1340,12 @@ public:
         if (auto ec = size(n)) return ec;
         if (offset >= n || max_length == 0) return make_error_code(errc::invalid_argument);
         const std::uint64_t limit = std::min(max_length, n - offset);
+        // The last extent found answers again until the file changes: SEEK_HOLE costs time
+        // in proportion to the data it walks over, and callers ask piece by piece.
+        if (offset >= known_.lo && offset < known_.hi) {
+            out = {known_.data, std::min(known_.hi - offset, limit)};
+            return {};
+        }
         out = {true, limit};
 #if defined(SEEK_DATA) && defined(SEEK_HOLE)
         const off_t data = ::lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
@@ -1347,6 +1358,7 @@ public:
         const auto d = static_cast<std::uint64_t>(data);
         if (d > offset) {
             out = {false, std::min(d - offset, limit)};
+            known_ = {offset, d, false};
             return {};
         }
         const off_t hole = ::lseek(fd_, static_cast<off_t>(offset), SEEK_HOLE);
@@ -1357,7 +1369,10 @@ public:
             return {};
         }
         const auto h = static_cast<std::uint64_t>(hole);
-        if (h > offset) out = {true, std::min(h - offset, limit)};
+        if (h > offset) {
+            out = {true, std::min(h - offset, limit)};
+            known_ = {offset, h, true};
+        }
 #endif
         return {};
     }
@@ -1375,6 +1390,7 @@ public:
      */
     std::error_code copy_range_to(std::uint64_t src_offset, posix_file& dst, std::uint64_t dst_offset,
                                   std::uint64_t length) noexcept {
+        dst.forget_extent();
         if (dst.read_only_) return make_error_code(errc::read_only);
         if (length == 0) return {};
         if (!detail::range_fits_off_t(src_offset, length)) return make_error_code(errc::short_read);
@@ -1496,9 +1512,19 @@ private:
         return {};
     }
 
+    /// Forgets the extent `block_status` found (the file changed).
+    void forget_extent() const noexcept { known_ = {}; }
+
+    /// The last extent `block_status` found: `[lo, hi)` is data (`data`) or a hole.
+    struct extent_memo {
+        std::uint64_t lo = 0, hi = 0;
+        bool data = false;
+    };
+
     int fd_ = -1;
     bool read_only_ = false;
     std::string path_;
+    mutable extent_memo known_{};
 };
 
 static_assert(backend<posix_file> && supports_discard<posix_file> && supports_write_zeroes<posix_file> &&
