@@ -484,8 +484,9 @@ private:
 inline std::string copy_into_qcow2(disk& src, qcow2::image& dst, bool fresh, bool compressed, progress_meter& meter) {
     const std::uint64_t size = src.size();
     const std::uint64_t cs = dst.cluster_size();
-    // Compressed output works in larger batches, so that every thread has clusters to compress.
-    const std::uint64_t unit = std::max<std::uint64_t>(cs, (compressed ? std::uint64_t{8} : std::uint64_t{2}) << 20);
+    // 2 MiB units, read one ahead; compressed output in 1 MiB units, which still give every
+    // thread clusters to compress and keep the memory under qemu-img's.
+    const std::uint64_t unit = std::max<std::uint64_t>(cs, compressed ? std::uint64_t{1} << 20 : std::uint64_t{2} << 20);
     std::optional<parallel_compressor> squeeze;
     if (compressed) squeeze.emplace(dst.header().compression_kind(), cs);
     const auto write_failed = [](std::uint64_t at, const qcow2::error& e) {
