@@ -34,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -44,6 +45,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -209,10 +211,18 @@ std::string convert_range(disk& src, raw_output& out, std::uint64_t begin, std::
             continue;
         }
         while (pos < run_end) {
-            const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(run_end - pos, chunk));
-            const auto data = std::span(buf).first(n);
-            if (auto r = src.read(pos, data); !r)
-                return "error while reading at byte " + std::to_string(pos) + ": " + r.error().what();
+            auto n = static_cast<std::size_t>(std::min<std::uint64_t>(run_end - pos, chunk));
+            // Data clusters of the image itself are taken where they lie in its mapped file
+            // (no copy into `buf`); the rest is read.
+            std::span<const std::byte> data = src.view(pos, n);
+            if (!data.empty()) {
+                n = data.size();
+            } else {
+                const auto into = std::span(buf).first(n);
+                if (auto r = src.read(pos, into); !r)
+                    return "error while reading at byte " + std::to_string(pos) + ": " + r.error().what();
+                data = into;
+            }
             if (out.dense()) {
                 if (auto ec = out.write_at(pos, data)) return write_failed(pos, ec);
             } else {
@@ -369,12 +379,13 @@ public:
     struct unit {
         std::uint64_t pos = 0, end = 0;
         bool zero = false;              ///< reads as zeroes (not read)
-        std::vector<std::byte> data;    ///< the unit's bytes otherwise
+        std::span<const std::byte> bytes; ///< the unit's bytes otherwise: `data`, or the mapped raw file
+        std::vector<std::byte> data;
         std::string error;              ///< set on the last unit when reading failed
     };
 
     read_ahead(disk& src, std::uint64_t unit_size, std::size_t depth = 2)
-        : src_(src), unit_(unit_size), depth_(depth), thread_([this] { run(); }) {}
+        : src_(src), unit_(unit_size), depth_(depth), map_(map_raw(src)), thread_([this] { run(); }) {}
     read_ahead(const read_ahead&) = delete;
     read_ahead& operator=(const read_ahead&) = delete;
     ~read_ahead() {
@@ -384,6 +395,7 @@ public:
         }
         changed_.notify_all();
         thread_.join();
+        if (!map_.empty()) ::munmap(const_cast<std::byte*>(map_.data()), map_.size());
     }
 
     /// The next unit in order, or nothing after the last one.
@@ -423,7 +435,14 @@ private:
                 u.zero = u.zero && run->zero();
                 at += run->length;
             }
-            if (u.error.empty() && !u.zero) {
+            if (u.error.empty() && !u.zero && u.end <= map_.size()) {
+                // A raw file mapped into memory is read where it is: one copy fewer (the write's),
+                // with the page tables filled here, on this thread.
+                u.bytes = map_.subspan(static_cast<std::size_t>(u.pos), static_cast<std::size_t>(u.end - u.pos));
+#ifdef MADV_POPULATE_READ
+                (void)::madvise(const_cast<std::byte*>(u.bytes.data()), u.bytes.size(), MADV_POPULATE_READ);
+#endif
+            } else if (u.error.empty() && !u.zero) {
                 {
                     const std::lock_guard<std::mutex> g(lock_);
                     if (!spare_.empty()) {
@@ -441,6 +460,7 @@ private:
                         break;
                     }
                 }
+                u.bytes = u.data;
             }
             const bool failed = !u.error.empty();
             std::unique_lock<std::mutex> g(lock_);
@@ -456,6 +476,18 @@ private:
         changed_.notify_all();
     }
 
+    /// The whole raw file of `src` mapped read-only (the guest disk up to the file's last whole
+    /// page), or nothing (a qcow2 source, or mmap refused: then units are read).
+    static std::span<const std::byte> map_raw(disk& src) {
+        auto* raw = src.raw();
+        if (!raw) return {};
+        std::uint64_t n = 0;
+        if (raw->size(n) || n == 0 || n > std::numeric_limits<std::size_t>::max()) return {};
+        void* p = ::mmap(nullptr, static_cast<std::size_t>(n), PROT_READ, MAP_SHARED, raw->native_handle(), 0);
+        if (p == MAP_FAILED) return {};
+        return {static_cast<const std::byte*>(p), static_cast<std::size_t>(n)};
+    }
+
     struct run_info {
         std::uint64_t at, length;
         bool zero;
@@ -465,6 +497,7 @@ private:
     std::uint64_t unit_;
     std::size_t depth_;
     std::vector<run_info> runs_; // the reading thread's
+    std::span<const std::byte> map_;
     std::mutex lock_;
     std::condition_variable changed_;
     std::deque<unit> ready_;
@@ -508,7 +541,7 @@ inline std::string copy_into_qcow2(disk& src, qcow2::image& dst, bool fresh, boo
             meter.update(end, size);
             continue;
         }
-        const std::span<const std::byte> data = u->data;
+        const std::span<const std::byte> data = u->bytes;
         // Runs of clusters that are all zeroes, and of clusters that are not.
         std::uint64_t run_start = pos;
         bool run_zero = true;

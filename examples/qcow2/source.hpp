@@ -9,12 +9,16 @@
 // directory.)
 #pragma once
 
+#include <sys/mman.h>
+
 #include "common.hpp"
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <new>
 #include <optional>
 #include <span>
 #include <string>
@@ -85,7 +89,22 @@ public:
         }
         d.size_ = img->size();
         d.image_.emplace(std::move(*img));
+        d.map_file();
         return d;
+    }
+
+    disk(disk&& o) noexcept
+        : path_(std::move(o.path_)), format_(std::move(o.format_)), size_(o.size_), file_size_(o.file_size_),
+          image_(std::move(o.image_)), raw_(std::move(o.raw_)), map_(std::exchange(o.map_, {})) {}
+    disk& operator=(disk&& o) noexcept {
+        if (this != &o) {
+            this->~disk();
+            new (this) disk(std::move(o));
+        }
+        return *this;
+    }
+    ~disk() {
+        if (!map_.empty()) ::munmap(const_cast<std::byte*>(map_.data()), map_.size());
     }
 
     const std::string& path() const noexcept { return path_; }
@@ -96,6 +115,21 @@ public:
     qcow2::image* image() noexcept { return image_ ? &*image_ : nullptr; }
     /// The raw file, or nullptr for a qcow2 image.
     qcow2::io::posix_file* raw() noexcept { return raw_ ? &*raw_ : nullptr; }
+
+    /**
+     * Guest bytes from `offset` (at most `max_length`) where they lie in the image file, mapped
+     * into memory: the longest prefix that is a data run of the image itself (not of a
+     * backing file, not in an external data file, not compressed or encrypted), contiguous in
+     * the file. Empty when there is none: read them instead.
+     */
+    std::span<const std::byte> view(std::uint64_t offset, std::uint64_t max_length) {
+        if (!image_ || map_.empty() || image_->data_file() || image_->header().crypt_method != 0) return {};
+        auto m = image_->map_range(offset, max_length);
+        if (!m || m->state != qcow2::cluster_state::data || !m->has_host) return {};
+        if (m->host_offset >= map_.size()) return {};
+        const std::uint64_t n = std::min(m->length, map_.size() - m->host_offset);
+        return map_.subspan(static_cast<std::size_t>(m->host_offset), static_cast<std::size_t>(n));
+    }
 
     /// Reads guest bytes `[offset, offset + out.size())`.
     qcow2::result<void> read(std::uint64_t offset, std::span<std::byte> out) {
@@ -166,12 +200,21 @@ public:
 private:
     disk() = default;
 
+    /// Maps the image file read-only, for `view` (nothing when mmap refuses: reads then).
+    void map_file() {
+        std::uint64_t n = 0;
+        if (image_->backend().size(n) || n == 0 || n > std::numeric_limits<std::size_t>::max()) return;
+        void* p = ::mmap(nullptr, static_cast<std::size_t>(n), PROT_READ, MAP_SHARED, image_->backend().native_handle(), 0);
+        if (p != MAP_FAILED) map_ = {static_cast<const std::byte*>(p), static_cast<std::size_t>(n)};
+    }
+
     std::string path_;
     std::string format_;
     std::uint64_t size_ = 0;
     std::uint64_t file_size_ = 0;
     std::optional<qcow2::image> image_;
     std::optional<qcow2::io::posix_file> raw_;
+    std::span<const std::byte> map_; ///< the image file, mapped (see `view`)
 };
 
 /// True when all of `b` is zero bytes.
