@@ -146,8 +146,11 @@ TEST_CASE("snapshot: refusals change nothing", "[snapshot]") {
         REQUIRE(z);
         mem_image img = std::move(*z).release();
         REQUIRE(img.create_snapshot("a"));
-        CHECK(img.create_snapshot("a").error().is(errc::invalid_argument));
         CHECK(img.create_snapshot("b", "1").error().is(errc::invalid_argument));
+        REQUIRE(img.create_snapshot("a")); // names may repeat, as in QEMU: ids 1 and 2
+        CHECK(img.snapshots().back().id == "2");
+        REQUIRE(img.delete_snapshot("a")); // the first one
+        CHECK(img.snapshots().front().id == "2");
         CHECK(img.apply_snapshot("nope").error().is(errc::invalid_argument));
         CHECK(img.delete_snapshot("nope").error().is(errc::invalid_argument));
         CHECK(img.snapshots().size() == 1);

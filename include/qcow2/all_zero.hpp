@@ -64,7 +64,9 @@ std::optional<zeroed<Image>> trust_zeroes(Image& img);
 template <class Image>
 class zeroed {
 public:
+    /// Moves the proof (and the image) on.
     zeroed(zeroed&&) noexcept = default;
+    /// Moves the proof (and the image) on.
     zeroed& operator=(zeroed&&) noexcept = default;
     zeroed(const zeroed&) = delete;
     zeroed& operator=(const zeroed&) = delete;
@@ -72,8 +74,11 @@ public:
 
     /// The image, for reading its header and metadata.
     const Image& image() const noexcept { return img_; }
+    /// The image, for reading its header and metadata.
+    /// @{
     const Image& operator*() const noexcept { return img_; }
     const Image* operator->() const noexcept { return &img_; }
+    /// @}
 
     /// Reads guest data (zeroes, or the backing chain's data where the image defers to it).
     result<void> read(std::uint64_t offset, std::span<std::byte> out) & { return img_.read(offset, out); }

@@ -42,6 +42,7 @@ concept file_resolver = requires(R& r, const file_request& q) {
 /// The default resolver: refuses every file (an image with a backing file then fails to open
 /// unless it is opened metadata-only).
 struct deny_files {
+    /// Refuses `q` with `errc::backing_file_refused`, naming the file.
     error operator()(const file_request& q) const {
         return error{errc::backing_file_refused,
                      detail::cat(q.role == file_role::backing ? "backing file '" : "data file '", q.name,
@@ -56,6 +57,12 @@ constexpr bool is_protocol_name(std::string_view name) noexcept {
     return p != std::string_view::npos && name[p] == ':';
 }
 
+/// What a `posix_resolver` lets names reach beyond the image's own directory.
+struct posix_resolver_options {
+    bool allow_absolute = false; ///< accept absolute names (qemu-img does)
+    bool allow_outside = false;  ///< accept names that resolve outside the first image's directory
+};
+
 /**
  * @brief Opens local files named by images, relative to the directory of the image naming them.
  *
@@ -63,18 +70,15 @@ constexpr bool is_protocol_name(std::string_view name) noexcept {
  * directory of the first image (through `..` or symbolic links) unless allowed; a file that
  * is already part of the chain (a loop). Construct it with the path of the image you open.
  */
-/// What a `posix_resolver` lets names reach beyond the image's own directory.
-struct posix_resolver_options {
-    bool allow_absolute = false; ///< accept absolute names (qemu-img does)
-    bool allow_outside = false;  ///< accept names that resolve outside the first image's directory
-};
-
 class posix_resolver {
 public:
+    /// What names may reach.
     using options = posix_resolver_options;
 
+    /// A resolver for the chain of the image at `top_path` (the path it was opened with).
     explicit posix_resolver(std::string top_path, options o = {}) : opts_(o) { paths_.push_back(std::move(top_path)); }
 
+    /// Opens the file `q` names (read-only unless `q.writable`), or refuses it saying why.
     result<io::posix_file> operator()(const file_request& q) {
         auto refuse = [&](std::string_view why) {
             return error{errc::backing_file_refused,

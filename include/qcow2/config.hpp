@@ -34,6 +34,8 @@
 #endif
 #endif
 
+/// 1 when the translation unit is compiled with exceptions, else 0 (then failures that
+/// would throw abort).
 #if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
 #define QCOW2_HAS_EXCEPTIONS 1
 #else
@@ -49,6 +51,7 @@ namespace qcow2::limits {
 
 /// Smallest and largest cluster_bits QEMU accepts (512 B to 2 MiB).
 inline constexpr unsigned min_cluster_bits = 9;
+/// Largest cluster_bits: 21 (2 MiB), or `QCOW2_MAX_CLUSTER_BITS` (tests lower it to reach the limit paths).
 #ifdef QCOW2_MAX_CLUSTER_BITS
 inline constexpr unsigned max_cluster_bits = QCOW2_MAX_CLUSTER_BITS;
 #else
@@ -66,14 +69,19 @@ inline constexpr unsigned long long max_refcount_table_bytes = 8ull << 20;
 inline constexpr unsigned max_refcount_order = 6;
 /// Longest backing file name and backing format name QEMU accepts.
 inline constexpr unsigned max_backing_name = 1023;
+/// Longest backing format name QEMU accepts.
 inline constexpr unsigned max_backing_format = 15;
 /// Snapshot table limits (QEMU).
 inline constexpr unsigned max_snapshots = 65536;
+/// Largest snapshot table, in bytes.
 inline constexpr unsigned long long max_snapshot_table_bytes = 64ull << 20;
+/// Largest extra data of one snapshot table entry, in bytes.
 inline constexpr unsigned max_snapshot_extra_data = 1024;
 /// Bitmap directory limits (QEMU).
 inline constexpr unsigned max_bitmaps = 65535;
+/// Largest bitmap directory, in bytes.
 inline constexpr unsigned long long max_bitmap_directory_bytes = 1024ull * 65535;
+/// Longest bitmap name, in bytes.
 inline constexpr unsigned max_bitmap_name = 1023;
 /// Host offsets of metadata and data must be below 2^56.
 inline constexpr unsigned long long max_host_offset = (1ull << 56) - 1;

@@ -138,27 +138,34 @@ inline std::error_code make_error_code(errc e) noexcept { return {static_cast<in
  */
 class error {
 public:
+    /// A `qcow2::errc` failure with a message naming what and where.
     constexpr error(errc code, std::string_view message) : value_(static_cast<int>(code)), message_(message.data(), message.size()) {}
+    /// A failure with any `std::error_code` (a backend's errno value, say) and a message.
     error(std::error_code code, std::string_view message)
         : value_(code.value()), category_(&code.category()), message_(message) {
         if (category_ == &error_category()) category_ = nullptr;
     }
 
     // Written out because GCC 12 cannot move a short std::string in a constant expression.
+    /// Copies the code and the message.
     constexpr error(const error& o) : value_(o.value_), category_(o.category_), message_(o.message_.data(), o.message_.size()) {}
+    /// Moves the code and the message.
     constexpr error(error&& o) noexcept : value_(o.value_), category_(o.category_) { take(o.message_); }
+    /// Copies the code and the message.
     constexpr error& operator=(const error& o) {
         value_ = o.value_;
         category_ = o.category_;
         message_.assign(o.message_.data(), o.message_.size());
         return *this;
     }
+    /// Moves the code and the message.
     constexpr error& operator=(error&& o) noexcept {
         value_ = o.value_;
         category_ = o.category_;
         take(o.message_);
         return *this;
     }
+    /// Destroys the message.
     constexpr ~error() = default;
 
     /// The code as a `std::error_code`.
@@ -172,6 +179,7 @@ public:
     /// "message: code text", for printing.
     std::string what() const { return message_.empty() ? code().message() : message_ + ": " + code().message(); }
 
+    /// True when `a`'s code is `b` (`a.is(b)`).
     constexpr friend bool operator==(const error& a, errc b) noexcept { return a.is(b); }
 
 private:

@@ -100,7 +100,9 @@ struct create_options {
 
 /// One run of a guest range in one layer of the chain, as `basic_image::map_range` reports it.
 struct mapping {
+    /// Guest offset where the run starts.
     std::uint64_t guest_offset = 0;
+    /// Length of the run in bytes.
     std::uint64_t length = 0;
     cluster_state state = cluster_state::unallocated; ///< never `invalid` (that is an error)
     bool has_host = false;        ///< a host range backs it (data, preallocated zero, reserved subclusters)
@@ -120,14 +122,20 @@ inline namespace QCOW2_ABI_NAMESPACE {
 template <io::backend Backend, class Features = maintained_features, class Allocator = std::allocator<std::byte>>
 class basic_image {
 public:
+    /// The backend the image owns.
     using backend_type = Backend;
+    /// The features this image type maintains.
     using features_type = Features;
+    /// The allocator of the L1 table, the caches and the buffers.
     using allocator_type = Allocator;
 
     /**
      * @brief Opens the image in `file`, and through `resolve` its backing chain and data file.
+     * @param file the image file; the image owns it.
+     * @param opts how to open it (read-only by default).
      * @param resolve a `file_resolver` for `Backend`; the default refuses every other file, so
      *        an image with a backing or data file opens only with `metadata_only`.
+     * @param alloc the allocator of everything the image (and each image of its chain) allocates.
      * @par Errors
      * Everything `decode_header` reports; `unknown_incompatible_feature` naming the bits (from
      * the image's feature name table when present); `image_corrupt` for a read-write open of
@@ -149,6 +157,7 @@ public:
         return open_layer(std::move(file), opts, resolve, alloc, 0);
     }
 
+    /// Moves the image (its backend, tables and caches) on.
     basic_image(basic_image&&) noexcept = default;
     /// Closes this image (as the destructor does), then takes `o`'s place.
     basic_image& operator=(basic_image&& o) noexcept {
@@ -173,6 +182,7 @@ public:
     const std::vector<bitmap_entry>& bitmaps() const noexcept { return bitmaps_; }
     /// The backend.
     Backend& backend() noexcept { return file_; }
+    /// The backend, read-only.
     const Backend& backend() const noexcept { return file_; }
 
     /// True when feature `F` is set and trustworthy (named in the image's table when `F` needs it).
@@ -186,6 +196,7 @@ public:
 
     /// The backing image when it is a qcow2 image, else nullptr.
     const basic_image* backing_image() const noexcept { return backing_qcow2_.get(); }
+    /// The backing image when it is a qcow2 image, else nullptr.
     basic_image* backing_image() noexcept { return backing_qcow2_.get(); }
     /// The backing file when it is raw, else nullptr.
     const Backend* backing_raw() const noexcept { return backing_raw_ ? &*backing_raw_ : nullptr; }
@@ -538,6 +549,7 @@ public:
         return {};
     }
 
+    /// Closes the image (`close()`, ignoring its errors) when it was opened for writing.
     ~basic_image() {
         if (w_) (void)close();
     }
@@ -604,11 +616,11 @@ public:
      * them), a copy of the L1 table is written, and a new snapshot table that lists the
      * snapshot replaces the old one (the header switches to it in one 12-byte write between
      * flushes). A crash before the switch leaves only leaked references.
-     * @param name the snapshot's name; must not be taken.
+     * @param name the snapshot's name (names may repeat, as in QEMU; ids may not).
      * @param id its id; empty: one more than the largest numeric id, as QEMU numbers them.
      * @param date_sec, date_nsec the time it is taken (what `qemu-img snapshot -l` shows).
      * @par Errors
-     * `invalid_argument` for a name or id taken, or more than 65536 snapshots;
+     * `invalid_argument` for an id taken, or more than 65536 snapshots;
      * `not_supported` with an external data file; `refcount_overflow` when a cluster's
      * refcount would pass the width's maximum (1-bit refcounts hold no snapshot); I/O errors.
      */
@@ -1817,10 +1829,9 @@ private:
         if (geometry_.external_data) return error{errc::not_supported, "images with an external data file cannot hold internal snapshots"};
         if (snapshots_.size() >= limits::max_snapshots) return error{errc::invalid_argument, "the image holds 65536 snapshots already"};
         if (name.size() > 0xFFFF || id.size() > 0xFFFF) return error{errc::invalid_argument, "a snapshot name or id is over 65535 bytes"};
-        for (const auto& sn : snapshots_) {
-            if (sn.name == name) return error{errc::invalid_argument, cat("a snapshot named '", name, "' exists already")};
+        // As QEMU: ids are unique, names need not be (lookups try ids first, then the first name).
+        for (const auto& sn : snapshots_)
             if (!id.empty() && sn.id == id) return error{errc::invalid_argument, cat("a snapshot with id '", id, "' exists already")};
-        }
         if (w_->rc.max_refcount() < 2)
             return error{errc::refcount_overflow, "1-bit refcounts cannot count the references a snapshot adds"};
         return {};
@@ -1981,7 +1992,8 @@ private:
             return r;
         }
         if (auto r = recompute_copied(); !r) return r;
-        // The entry: QEMU's 24 bytes of extra data (no VM state, the disk size, no icount).
+        // The entry: QEMU's 24 bytes of extra data (no VM state, the disk size, an instruction
+        // count of 0, as qemu-img stores it).
         std::uint64_t next = 1;
         for (const auto& s : snapshots_) {
             std::uint64_t v = 0;
@@ -1996,7 +2008,7 @@ private:
         sn.extra.resize(24);
         detail::store_be64(sn.extra, 0, 0);
         detail::store_be64(sn.extra, 8, header_.size);
-        detail::store_be64(sn.extra, 16, ~std::uint64_t{0});
+        detail::store_be64(sn.extra, 16, 0);
         std::vector<snapshot_entry> entries = snapshots_;
         entries.push_back(std::move(sn));
         if (auto r = replace_snapshot_table(std::move(entries)); !r) return r;

@@ -51,6 +51,7 @@
 #include "qcow2/ops/info.hpp"
 #include "qcow2/ops/map.hpp"
 #include "qcow2/ops/check.hpp"
+#include "qcow2/ops/measure.hpp"
 
 namespace qcow2 {
 /// An image in a local file.

@@ -21,16 +21,23 @@
 /// @file
 /// @brief The library version, the one place it is written down.
 
+/// The major version: changes when the API breaks.
 #define QCOW2_VERSION_MAJOR 0
+/// The minor version: changes with new features.
 #define QCOW2_VERSION_MINOR 1
+/// The patch version: changes with fixes.
 #define QCOW2_VERSION_PATCH 0
+/// The version as "major.minor.patch".
 #define QCOW2_VERSION_STRING "0.1.0"
 
 namespace qcow2 {
 
 /// The library version as numbers, for run-time checks.
 struct version_info {
+    /// The major, minor and patch numbers (`QCOW2_VERSION_MAJOR` and so on).
+    /// @{
     int major, minor, patch;
+    /// @}
 };
 
 /// The version of the headers this translation unit was compiled with.
@@ -95,6 +102,8 @@ class posix_file;
 #endif
 #endif
 
+/// 1 when the translation unit is compiled with exceptions, else 0 (then failures that
+/// would throw abort).
 #if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
 #define QCOW2_HAS_EXCEPTIONS 1
 #else
@@ -110,6 +119,7 @@ namespace qcow2::limits {
 
 /// Smallest and largest cluster_bits QEMU accepts (512 B to 2 MiB).
 inline constexpr unsigned min_cluster_bits = 9;
+/// Largest cluster_bits: 21 (2 MiB), or `QCOW2_MAX_CLUSTER_BITS` (tests lower it to reach the limit paths).
 #ifdef QCOW2_MAX_CLUSTER_BITS
 inline constexpr unsigned max_cluster_bits = QCOW2_MAX_CLUSTER_BITS;
 #else
@@ -127,14 +137,19 @@ inline constexpr unsigned long long max_refcount_table_bytes = 8ull << 20;
 inline constexpr unsigned max_refcount_order = 6;
 /// Longest backing file name and backing format name QEMU accepts.
 inline constexpr unsigned max_backing_name = 1023;
+/// Longest backing format name QEMU accepts.
 inline constexpr unsigned max_backing_format = 15;
 /// Snapshot table limits (QEMU).
 inline constexpr unsigned max_snapshots = 65536;
+/// Largest snapshot table, in bytes.
 inline constexpr unsigned long long max_snapshot_table_bytes = 64ull << 20;
+/// Largest extra data of one snapshot table entry, in bytes.
 inline constexpr unsigned max_snapshot_extra_data = 1024;
 /// Bitmap directory limits (QEMU).
 inline constexpr unsigned max_bitmaps = 65535;
+/// Largest bitmap directory, in bytes.
 inline constexpr unsigned long long max_bitmap_directory_bytes = 1024ull * 65535;
+/// Longest bitmap name, in bytes.
 inline constexpr unsigned max_bitmap_name = 1023;
 /// Host offsets of metadata and data must be below 2^56.
 inline constexpr unsigned long long max_host_offset = (1ull << 56) - 1;
@@ -281,27 +296,34 @@ inline std::error_code make_error_code(errc e) noexcept { return {static_cast<in
  */
 class error {
 public:
+    /// A `qcow2::errc` failure with a message naming what and where.
     constexpr error(errc code, std::string_view message) : value_(static_cast<int>(code)), message_(message.data(), message.size()) {}
+    /// A failure with any `std::error_code` (a backend's errno value, say) and a message.
     error(std::error_code code, std::string_view message)
         : value_(code.value()), category_(&code.category()), message_(message) {
         if (category_ == &error_category()) category_ = nullptr;
     }
 
     // Written out because GCC 12 cannot move a short std::string in a constant expression.
+    /// Copies the code and the message.
     constexpr error(const error& o) : value_(o.value_), category_(o.category_), message_(o.message_.data(), o.message_.size()) {}
+    /// Moves the code and the message.
     constexpr error(error&& o) noexcept : value_(o.value_), category_(o.category_) { take(o.message_); }
+    /// Copies the code and the message.
     constexpr error& operator=(const error& o) {
         value_ = o.value_;
         category_ = o.category_;
         message_.assign(o.message_.data(), o.message_.size());
         return *this;
     }
+    /// Moves the code and the message.
     constexpr error& operator=(error&& o) noexcept {
         value_ = o.value_;
         category_ = o.category_;
         take(o.message_);
         return *this;
     }
+    /// Destroys the message.
     constexpr ~error() = default;
 
     /// The code as a `std::error_code`.
@@ -315,6 +337,7 @@ public:
     /// "message: code text", for printing.
     std::string what() const { return message_.empty() ? code().message() : message_ + ": " + code().message(); }
 
+    /// True when `a`'s code is `b` (`a.is(b)`).
     constexpr friend bool operator==(const error& a, errc b) noexcept { return a.is(b); }
 
 private:
@@ -370,25 +393,32 @@ class [[nodiscard]] result {
     static_assert(!std::is_reference_v<T> && !std::is_same_v<std::remove_cv_t<T>, qcow2::error>);
 
 public:
+    /// The type of the value.
     using value_type = T;
+    /// The type of the error.
     using error_type = qcow2::error;
 
+    /// A result holding `v` (anything `T` can be made from).
     template <class U = T>
         requires std::is_constructible_v<T, U&&> && (!std::is_same_v<std::remove_cvref_t<U>, result>) &&
                  (!std::is_same_v<std::remove_cvref_t<U>, error_type>)
     constexpr result(U&& v) : ok_(true) {
         std::construct_at(&val_, std::forward<U>(v));
     }
+    /// A failed result holding `e`; implicit, so that a function can `return error{...};`.
     constexpr result(error_type e) : ok_(false) { std::construct_at(&err_, std::move(e)); }
 
+    /// Copies the value or the error.
     constexpr result(const result& o) : ok_(o.ok_) {
         if (ok_) std::construct_at(&val_, o.val_);
         else std::construct_at(&err_, o.err_);
     }
+    /// Moves the value or the error.
     constexpr result(result&& o) noexcept(std::is_nothrow_move_constructible_v<T>) : ok_(o.ok_) {
         if (ok_) std::construct_at(&val_, std::move(o.val_));
         else std::construct_at(&err_, std::move(o.err_));
     }
+    /// Replaces the value or error with `o`'s.
     constexpr result& operator=(result o) {
         destroy();
         ok_ = o.ok_;
@@ -396,24 +426,36 @@ public:
         else std::construct_at(&err_, std::move(o.err_));
         return *this;
     }
+    /// Destroys the value or the error.
     constexpr ~result() { destroy(); }
 
+    /// True when the result holds a value.
     constexpr bool has_value() const noexcept { return ok_; }
+    /// True when the result holds a value.
     constexpr explicit operator bool() const noexcept { return ok_; }
 
+    /// The value; without one, throws `std::system_error` (or aborts without exceptions).
+    /// @{
     constexpr T& value() & { check(); return val_; }
     constexpr const T& value() const& { check(); return val_; }
     constexpr T&& value() && { check(); return std::move(val_); }
+    /// @}
+    /// The value, unchecked: only valid when `has_value()`.
+    /// @{
     constexpr T& operator*() & noexcept { return val_; }
     constexpr const T& operator*() const& noexcept { return val_; }
     constexpr T&& operator*() && noexcept { return std::move(val_); }
     constexpr T* operator->() noexcept { return &val_; }
     constexpr const T* operator->() const noexcept { return &val_; }
+    /// @}
 
     /// The error; only valid when `!has_value()`.
+    /// @{
     constexpr const error_type& error() const& noexcept { return err_; }
     constexpr error_type&& error() && noexcept { return std::move(err_); }
+    /// @}
 
+    /// The value, or `fallback` converted to `T` when there is none.
     template <class U>
     constexpr T value_or(U&& fallback) const& {
         return ok_ ? val_ : static_cast<T>(std::forward<U>(fallback));
@@ -439,18 +481,28 @@ private:
 template <>
 class [[nodiscard]] result<void> {
 public:
+    /// No value.
     using value_type = void;
+    /// The type of the error.
     using error_type = qcow2::error;
+    /// Success.
     constexpr result() noexcept = default;
+    /// A failure holding `e`; implicit, so that a function can `return error{...};`.
     constexpr result(error_type e) : err_(std::move(e)), ok_(false) {}
 
+    /// True on success.
     constexpr bool has_value() const noexcept { return ok_; }
+    /// True on success.
     constexpr explicit operator bool() const noexcept { return ok_; }
+    /// Does nothing on success; on failure throws `std::system_error` (or aborts without exceptions).
     constexpr void value() const {
         if (!ok_) detail::bad_result_access(err_);
     }
+    /// The error; only valid when `!has_value()`.
+    /// @{
     constexpr const error_type& error() const& noexcept { return err_; }
     constexpr error_type&& error() && noexcept { return std::move(err_); }
+    /// @}
 
 private:
     error_type err_{errc::invalid_argument, {}};
@@ -1584,10 +1636,15 @@ struct fixed_string {
 template <feature_class C, unsigned Bit, detail::fixed_string Name, bool NeedsName = false>
 struct feature_tag {
     static_assert(Bit < 64);
+    /// The bit's class (incompatible, compatible or autoclear).
     static constexpr feature_class klass = C;
+    /// The bit number in its 64-bit header field.
     static constexpr unsigned bit = Bit;
+    /// The bit as a mask of its header field.
     static constexpr std::uint64_t mask = std::uint64_t{1} << Bit;
+    /// Its name in the feature name table ("dirty bit", "all zero", ...).
     static constexpr std::string_view name = Name.view();
+    /// True when a set bit is believed only if the image's own feature name table names it so.
     static constexpr bool needs_name_table = NeedsName;
 };
 
@@ -1624,18 +1681,26 @@ struct all_zero : feature_tag<feature_class::autoclear, 2, "all zero", true> {};
 
 /// One row of the registry: what a feature tag says, as a value.
 struct feature_info {
+    /// The bit's class.
     feature_class klass;
+    /// The bit number.
     unsigned bit;
+    /// Its feature name table name.
     std::string_view name;
+    /// See `feature_tag`.
     bool needs_name_table;
+    /// Equal when every field is.
     friend constexpr bool operator==(const feature_info&, const feature_info&) = default;
 };
 
 /// One 48-byte entry of the feature name table header extension.
 struct feature_name_entry {
+    /// Entry type: the bit's class (byte 0 of the entry).
     feature_class klass;
+    /// The bit number (byte 1 of the entry).
     std::uint8_t bit;
     std::string name; ///< at most 46 bytes
+    /// Equal when every field is.
     friend constexpr bool operator==(const feature_name_entry&, const feature_name_entry&) = default;
 };
 
@@ -1645,6 +1710,7 @@ struct feature_set {
     /// True when `G` is in the set.
     template <feature G>
     static constexpr bool contains = (std::is_same_v<G, F> || ...);
+    /// The number of features in the set.
     static constexpr std::size_t size = sizeof...(F);
     /// The bits of class `c` in the set.
     static constexpr std::uint64_t mask([[maybe_unused]] feature_class c) noexcept { return ((F::klass == c ? F::mask : 0) | ... | 0); }
@@ -1771,34 +1837,51 @@ namespace qcow2 {
 
 /// Header extension type numbers (qcow2 spec, "Header extensions").
 namespace extension_type {
+/// The end of the extension list.
 inline constexpr std::uint32_t end = 0x00000000;
+/// The backing file's format name ("qcow2", "raw").
 inline constexpr std::uint32_t backing_format = 0xE2792ACA;
+/// The feature name table: 48-byte entries naming feature bits.
 inline constexpr std::uint32_t feature_names = 0x6803F857;
+/// Where the persistent bitmap directory is.
 inline constexpr std::uint32_t bitmaps = 0x23852875;
+/// Where the LUKS header is (full disk encryption header pointer).
 inline constexpr std::uint32_t encryption = 0x0537BE77;
+/// The external data file's name ("DATA").
 inline constexpr std::uint32_t data_file = 0x44415441;
 } // namespace extension_type
 
 /// A header extension as stored: its type and its data (without padding).
 struct header_extension {
+    /// The extension type (see `extension_type`).
     std::uint32_t type = 0;
+    /// Its data, `length` bytes.
     std::vector<std::byte> data;
+    /// Equal when every field is.
     friend constexpr bool operator==(const header_extension&, const header_extension&) = default;
 };
 
 /// Payload of the bitmaps extension (24 bytes).
 struct bitmaps_extension {
+    /// Bitmaps in the directory.
     std::uint32_t nb_bitmaps = 0;
+    /// Reserved, zero.
     std::uint32_t reserved = 0;
+    /// Size of the bitmap directory in bytes.
     std::uint64_t directory_size = 0;
+    /// Host offset of the bitmap directory.
     std::uint64_t directory_offset = 0;
+    /// Equal when every field is.
     friend constexpr bool operator==(const bitmaps_extension&, const bitmaps_extension&) = default;
 };
 
 /// Payload of the full disk encryption header pointer extension (16 bytes).
 struct encryption_extension {
+    /// Host offset of the LUKS header area (cluster aligned).
     std::uint64_t offset = 0;
+    /// Its length in bytes.
     std::uint64_t length = 0;
+    /// Equal when every field is.
     friend constexpr bool operator==(const encryption_extension&, const encryption_extension&) = default;
 };
 
@@ -1937,22 +2020,39 @@ enum class crypt_method : std::uint32_t { none = 0, aes = 1, luks = 2 };
  * Version 2 images have `header_length == 72`, no feature bits and `refcount_order == 4`.
  */
 struct header {
+    /// 2 or 3 (byte 4).
     std::uint32_t version = 3;
+    /// Where the backing file name starts in cluster 0; 0 without a backing file (byte 8).
     std::uint64_t backing_file_offset = 0;
+    /// Length of the backing file name in bytes (byte 16).
     std::uint32_t backing_file_size = 0;
+    /// log2 of the cluster size, 9 to 21 (byte 20).
     std::uint32_t cluster_bits = 16;
+    /// The virtual disk size in bytes (byte 24).
     std::uint64_t size = 0;
+    /// 0 none, 1 AES, 2 LUKS (byte 32; see `qcow2::crypt_method`).
     std::uint32_t crypt_method = 0;
+    /// Entries in the active L1 table (byte 36).
     std::uint32_t l1_size = 0;
+    /// Host offset of the active L1 table (byte 40).
     std::uint64_t l1_table_offset = 0;
+    /// Host offset of the refcount table (byte 48).
     std::uint64_t refcount_table_offset = 0;
+    /// Length of the refcount table in clusters (byte 56).
     std::uint32_t refcount_table_clusters = 0;
+    /// Internal snapshots in the snapshot table (byte 60).
     std::uint32_t nb_snapshots = 0;
+    /// Host offset of the snapshot table (byte 64).
     std::uint64_t snapshots_offset = 0;
+    /// Incompatible feature bits: unknown ones refuse the open (byte 72, version 3).
     std::uint64_t incompatible_features = 0;
+    /// Compatible feature bits: unknown ones are ignored (byte 80, version 3).
     std::uint64_t compatible_features = 0;
+    /// Autoclear feature bits: a writer clears those it does not maintain (byte 88, version 3).
     std::uint64_t autoclear_features = 0;
+    /// log2 of the refcount width in bits, 0 to 6 (byte 96; 4 in version 2).
     std::uint32_t refcount_order = 4;
+    /// Bytes of header fields (byte 100; 72 in version 2).
     std::uint32_t header_length = v3_qemu_header_length;
     std::uint8_t compression_type = 0; ///< meaningful only when header_length > 104
     /// Bytes from 105 up to header_length (compression_type's padding, then fields this
@@ -1965,16 +2065,23 @@ struct header {
     /// The backing file name, exactly as stored (not NUL terminated in the file).
     std::string backing_file;
 
+    /// The cluster size in bytes.
     constexpr std::uint64_t cluster_size() const noexcept { return std::uint64_t{1} << cluster_bits; }
+    /// The width of a refcount entry in bits.
     constexpr unsigned refcount_bits() const noexcept { return 1u << refcount_order; }
+    /// True when any incompatible bit of `incompatible_mask` is set.
     constexpr bool has(std::uint64_t incompatible_mask) const noexcept { return incompatible_features & incompatible_mask; }
+    /// True for 128-bit L2 entries with subclusters (incompatible bit 4).
     constexpr bool extended_l2() const noexcept { return incompatible_features & features::extended_l2::mask; }
+    /// Bytes per L2 entry: 8, or 16 with extended L2 entries.
     constexpr std::uint32_t l2_entry_size() const noexcept { return extended_l2() ? 16 : 8; }
+    /// log2 of the entries per L2 table.
     constexpr std::uint32_t l2_bits() const noexcept { return cluster_bits - (extended_l2() ? 4 : 3); }
     /// Bytes of guest disk one L1 entry covers.
     constexpr std::uint64_t l1_entry_coverage() const noexcept { return std::uint64_t{1} << (cluster_bits + l2_bits()); }
     /// The L1 entries needed to cover the virtual size.
     constexpr std::uint64_t min_l1_entries() const noexcept { return detail::div_round_up(size, l1_entry_coverage()); }
+    /// The compression type as an enumeration.
     constexpr compression compression_kind() const noexcept { return static_cast<compression>(compression_type); }
 
     /// The extension of a type, or nullptr.
@@ -2025,6 +2132,7 @@ struct header {
         return std::nullopt;
     }
 
+    /// Equal when every field is.
     friend constexpr bool operator==(const header&, const header&) = default;
 };
 
@@ -2397,15 +2505,23 @@ namespace qcow2 {
 
 /// One snapshot table entry.
 struct snapshot_entry {
+    /// Host offset of the snapshot's L1 table.
     std::uint64_t l1_table_offset = 0;
+    /// Entries in the snapshot's L1 table.
     std::uint32_t l1_size = 0;
+    /// When the snapshot was taken: seconds since the epoch...
     std::uint32_t date_sec = 0;
+    /// ...and nanoseconds.
     std::uint32_t date_nsec = 0;
+    /// The guest's clock at the snapshot, in nanoseconds.
     std::uint64_t vm_clock_nsec = 0;
+    /// The 32-bit VM state size field (see `vm_state_size()`).
     std::uint32_t vm_state_size32 = 0;
     /// Extra data as stored: +0 u64 VM state size, +8 u64 disk size, +16 u64 icount, then unknown bytes.
     std::vector<std::byte> extra;
+    /// The snapshot's id ("1", "2", ...).
     std::string id;
+    /// The snapshot's name.
     std::string name;
 
     /// The VM state size (the 64-bit field of the extra data when present).
@@ -2422,6 +2538,7 @@ struct snapshot_entry {
         if (extra.size() >= 24 && detail::load_be64(extra, 16) != UINT64_MAX) return detail::load_be64(extra, 16);
         return std::nullopt;
     }
+    /// Equal when every field is.
     friend constexpr bool operator==(const snapshot_entry&, const snapshot_entry&) = default;
 };
 
@@ -2432,6 +2549,8 @@ constexpr std::uint64_t snapshot_entry_size(const snapshot_entry& s) {
 
 /**
  * @brief Decodes `count` entries from the table bytes `table`.
+ * @param table the bytes of the snapshot table.
+ * @param count the number of entries (the header's nb_snapshots).
  * @param cluster_size for the alignment check of each entry's L1 table.
  * @par Errors
  * `invalid_snapshot_table` when an entry runs past `table`, has more than 1024 bytes of
@@ -2529,22 +2648,34 @@ namespace qcow2 {
 
 /// Flags of a bitmap directory entry.
 namespace bitmap_flags {
+/// The bitmap was not saved consistently (it is being written, or the writer crashed).
 inline constexpr std::uint32_t in_use = 1u << 0;
+/// The bitmap tracks guest writes (QEMU's "auto" flag).
 inline constexpr std::uint32_t auto_ = 1u << 1;
+/// The entry's extra data may be ignored by readers that do not know it.
 inline constexpr std::uint32_t extra_data_compatible = 1u << 2;
 } // namespace bitmap_flags
 
 /// One bitmap directory entry.
 struct bitmap_entry {
+    /// Host offset of the bitmap table.
     std::uint64_t table_offset = 0;
+    /// Entries in the bitmap table.
     std::uint32_t table_size = 0;
+    /// `bitmap_flags` bits.
     std::uint32_t flags = 0;
+    /// 1: a dirty tracking bitmap (the only type defined).
     std::uint8_t type = 1;
+    /// log2 of the bytes of guest disk one bit covers, 9 to 31.
     std::uint8_t granularity_bits = 16;
+    /// Extra data as stored.
     std::vector<std::byte> extra;
+    /// The bitmap's name.
     std::string name;
 
+    /// Bytes of guest disk one bit covers.
     constexpr std::uint64_t granularity() const noexcept { return std::uint64_t{1} << granularity_bits; }
+    /// Equal when every field is.
     friend constexpr bool operator==(const bitmap_entry&, const bitmap_entry&) = default;
 };
 
@@ -2656,8 +2787,11 @@ inline constexpr std::uint64_t copied = std::uint64_t{1} << 63;     ///< refcoun
 inline constexpr std::uint64_t compressed = std::uint64_t{1} << 62; ///< compressed cluster descriptor
 inline constexpr std::uint64_t zero = 1;                            ///< reads as zero (v3, standard L2)
 inline constexpr std::uint64_t offset_mask = 0x00FFFFFFFFFFFE00ull; ///< host cluster offset
+/// L2 table offset in an L1 entry.
 inline constexpr std::uint64_t l1_offset_mask = 0x00FFFFFFFFFFFE00ull;
+/// Reserved bits of an L1 entry (must be zero).
 inline constexpr std::uint64_t l1_reserved = 0x7F000000000001FFull;
+/// Reserved bits of a standard L2 entry (must be zero).
 inline constexpr std::uint64_t standard_reserved = 0x3F000000000001FEull;
 } // namespace l2_bits
 
@@ -2672,6 +2806,7 @@ enum class cluster_state : std::uint8_t {
 
 /// One classified (sub)cluster.
 struct subcluster {
+    /// What reading it yields.
     cluster_state state = cluster_state::unallocated;
     bool has_host = false;        ///< a host range is allocated (data, zero with preallocation, reserved space)
     std::uint64_t host = 0;       ///< host offset of the (sub)cluster start when `has_host`
@@ -2680,19 +2815,26 @@ struct subcluster {
 
 /// The geometry that decides how entries decode.
 struct l2_geometry {
+    /// log2 of the cluster size.
     unsigned cluster_bits = 16;
     bool extended = false;      ///< incompatible bit 4
     bool external_data = false; ///< incompatible bit 2
     bool version2 = false;      ///< zero flags are invalid in version 2
 
+    /// The cluster size in bytes.
     constexpr std::uint64_t cluster_size() const noexcept { return std::uint64_t{1} << cluster_bits; }
+    /// The unit one L2 entry (or subcluster bit) maps: the cluster, or 1/32 of it.
     constexpr std::uint64_t subcluster_size() const noexcept { return extended ? cluster_size() / 32 : cluster_size(); }
+    /// Bytes per L2 entry.
     constexpr unsigned entry_bytes() const noexcept { return extended ? 16 : 8; }
+    /// Entries per L2 table (one cluster).
     constexpr std::uint64_t entries_per_table() const noexcept { return cluster_size() / entry_bytes(); }
 };
 
 /**
  * @brief Classifies subcluster `sc` (0 for standard L2) of the cluster an entry describes.
+ * @param g the image's geometry.
+ * @param sc the subcluster index, 0 to 31 (0 for standard L2 entries).
  * @param entry the first 64 bits; @param bitmap the subcluster bitmap (extended L2 only).
  */
 constexpr subcluster classify(const l2_geometry& g, std::uint64_t entry, std::uint64_t bitmap, unsigned sc) noexcept {
@@ -4531,11 +4673,13 @@ result<void> read_zero_padded(B& b, std::uint64_t file_size, std::uint64_t offse
 template <io::readable_backend Backend, class Allocator = std::allocator<std::byte>>
 class basic_refcount_reader {
 public:
+    /// The allocator.
     using allocator_type = Allocator;
 
     /**
      * @brief Loads the refcount table described by `h` from `file`.
      * @param file the image file (kept by address). @param h its decoded header.
+     * @param alloc the allocator for the table and the cache.
      * @param cache_bytes memory for cached refcount blocks.
      * @par Errors
      * `refcount_table_too_large` (over 8 MiB), `misaligned_offset` (table offset),
@@ -4576,7 +4720,9 @@ public:
         return r;
     }
 
+    /// Moves the table and the cache.
     basic_refcount_reader(basic_refcount_reader&&) noexcept = default;
+    /// Moves the table and the cache.
     basic_refcount_reader& operator=(basic_refcount_reader&&) noexcept = default;
 
     /// The refcount table entries as stored (reserved bits included).
@@ -4662,6 +4808,7 @@ private:
 /// A run of host clusters: `count` clusters from cluster index `first`.
 struct cluster_run {
     std::uint64_t first = 0; ///< cluster index (host offset >> cluster_bits)
+    /// How many clusters.
     std::uint64_t count = 0;
 };
 
@@ -4790,6 +4937,7 @@ struct no_overlap_guard {
 template <io::backend Backend, class Allocator = std::allocator<std::byte>>
 class basic_refcount_table {
 public:
+    /// The allocator.
     using allocator_type = Allocator;
 
     /**
@@ -4841,7 +4989,9 @@ public:
         return t;
     }
 
+    /// Moves the table, the cache and the pending changes.
     basic_refcount_table(basic_refcount_table&&) noexcept = default;
+    /// Moves the table, the cache and the pending changes.
     basic_refcount_table& operator=(basic_refcount_table&&) noexcept = default;
 
     /// The refcount table entries.
@@ -5274,6 +5424,7 @@ concept file_resolver = requires(R& r, const file_request& q) {
 /// The default resolver: refuses every file (an image with a backing file then fails to open
 /// unless it is opened metadata-only).
 struct deny_files {
+    /// Refuses `q` with `errc::backing_file_refused`, naming the file.
     error operator()(const file_request& q) const {
         return error{errc::backing_file_refused,
                      detail::cat(q.role == file_role::backing ? "backing file '" : "data file '", q.name,
@@ -5288,6 +5439,12 @@ constexpr bool is_protocol_name(std::string_view name) noexcept {
     return p != std::string_view::npos && name[p] == ':';
 }
 
+/// What a `posix_resolver` lets names reach beyond the image's own directory.
+struct posix_resolver_options {
+    bool allow_absolute = false; ///< accept absolute names (qemu-img does)
+    bool allow_outside = false;  ///< accept names that resolve outside the first image's directory
+};
+
 /**
  * @brief Opens local files named by images, relative to the directory of the image naming them.
  *
@@ -5295,18 +5452,15 @@ constexpr bool is_protocol_name(std::string_view name) noexcept {
  * directory of the first image (through `..` or symbolic links) unless allowed; a file that
  * is already part of the chain (a loop). Construct it with the path of the image you open.
  */
-/// What a `posix_resolver` lets names reach beyond the image's own directory.
-struct posix_resolver_options {
-    bool allow_absolute = false; ///< accept absolute names (qemu-img does)
-    bool allow_outside = false;  ///< accept names that resolve outside the first image's directory
-};
-
 class posix_resolver {
 public:
+    /// What names may reach.
     using options = posix_resolver_options;
 
+    /// A resolver for the chain of the image at `top_path` (the path it was opened with).
     explicit posix_resolver(std::string top_path, options o = {}) : opts_(o) { paths_.push_back(std::move(top_path)); }
 
+    /// Opens the file `q` names (read-only unless `q.writable`), or refuses it saying why.
     result<io::posix_file> operator()(const file_request& q) {
         auto refuse = [&](std::string_view why) {
             return error{errc::backing_file_refused,
@@ -5418,7 +5572,9 @@ std::optional<zeroed<Image>> trust_zeroes(Image& img);
 template <class Image>
 class zeroed {
 public:
+    /// Moves the proof (and the image) on.
     zeroed(zeroed&&) noexcept = default;
+    /// Moves the proof (and the image) on.
     zeroed& operator=(zeroed&&) noexcept = default;
     zeroed(const zeroed&) = delete;
     zeroed& operator=(const zeroed&) = delete;
@@ -5426,8 +5582,11 @@ public:
 
     /// The image, for reading its header and metadata.
     const Image& image() const noexcept { return img_; }
+    /// The image, for reading its header and metadata.
+    /// @{
     const Image& operator*() const noexcept { return img_; }
     const Image* operator->() const noexcept { return &img_; }
+    /// @}
 
     /// Reads guest data (zeroes, or the backing chain's data where the image defers to it).
     result<void> read(std::uint64_t offset, std::span<std::byte> out) & { return img_.read(offset, out); }
@@ -6422,7 +6581,9 @@ struct create_options {
 
 /// One run of a guest range in one layer of the chain, as `basic_image::map_range` reports it.
 struct mapping {
+    /// Guest offset where the run starts.
     std::uint64_t guest_offset = 0;
+    /// Length of the run in bytes.
     std::uint64_t length = 0;
     cluster_state state = cluster_state::unallocated; ///< never `invalid` (that is an error)
     bool has_host = false;        ///< a host range backs it (data, preallocated zero, reserved subclusters)
@@ -6442,14 +6603,20 @@ inline namespace QCOW2_ABI_NAMESPACE {
 template <io::backend Backend, class Features = maintained_features, class Allocator = std::allocator<std::byte>>
 class basic_image {
 public:
+    /// The backend the image owns.
     using backend_type = Backend;
+    /// The features this image type maintains.
     using features_type = Features;
+    /// The allocator of the L1 table, the caches and the buffers.
     using allocator_type = Allocator;
 
     /**
      * @brief Opens the image in `file`, and through `resolve` its backing chain and data file.
+     * @param file the image file; the image owns it.
+     * @param opts how to open it (read-only by default).
      * @param resolve a `file_resolver` for `Backend`; the default refuses every other file, so
      *        an image with a backing or data file opens only with `metadata_only`.
+     * @param alloc the allocator of everything the image (and each image of its chain) allocates.
      * @par Errors
      * Everything `decode_header` reports; `unknown_incompatible_feature` naming the bits (from
      * the image's feature name table when present); `image_corrupt` for a read-write open of
@@ -6471,6 +6638,7 @@ public:
         return open_layer(std::move(file), opts, resolve, alloc, 0);
     }
 
+    /// Moves the image (its backend, tables and caches) on.
     basic_image(basic_image&&) noexcept = default;
     /// Closes this image (as the destructor does), then takes `o`'s place.
     basic_image& operator=(basic_image&& o) noexcept {
@@ -6495,6 +6663,7 @@ public:
     const std::vector<bitmap_entry>& bitmaps() const noexcept { return bitmaps_; }
     /// The backend.
     Backend& backend() noexcept { return file_; }
+    /// The backend, read-only.
     const Backend& backend() const noexcept { return file_; }
 
     /// True when feature `F` is set and trustworthy (named in the image's table when `F` needs it).
@@ -6508,6 +6677,7 @@ public:
 
     /// The backing image when it is a qcow2 image, else nullptr.
     const basic_image* backing_image() const noexcept { return backing_qcow2_.get(); }
+    /// The backing image when it is a qcow2 image, else nullptr.
     basic_image* backing_image() noexcept { return backing_qcow2_.get(); }
     /// The backing file when it is raw, else nullptr.
     const Backend* backing_raw() const noexcept { return backing_raw_ ? &*backing_raw_ : nullptr; }
@@ -6860,6 +7030,7 @@ public:
         return {};
     }
 
+    /// Closes the image (`close()`, ignoring its errors) when it was opened for writing.
     ~basic_image() {
         if (w_) (void)close();
     }
@@ -6926,11 +7097,11 @@ public:
      * them), a copy of the L1 table is written, and a new snapshot table that lists the
      * snapshot replaces the old one (the header switches to it in one 12-byte write between
      * flushes). A crash before the switch leaves only leaked references.
-     * @param name the snapshot's name; must not be taken.
+     * @param name the snapshot's name (names may repeat, as in QEMU; ids may not).
      * @param id its id; empty: one more than the largest numeric id, as QEMU numbers them.
      * @param date_sec, date_nsec the time it is taken (what `qemu-img snapshot -l` shows).
      * @par Errors
-     * `invalid_argument` for a name or id taken, or more than 65536 snapshots;
+     * `invalid_argument` for an id taken, or more than 65536 snapshots;
      * `not_supported` with an external data file; `refcount_overflow` when a cluster's
      * refcount would pass the width's maximum (1-bit refcounts hold no snapshot); I/O errors.
      */
@@ -8138,10 +8309,9 @@ private:
         if (geometry_.external_data) return error{errc::not_supported, "images with an external data file cannot hold internal snapshots"};
         if (snapshots_.size() >= limits::max_snapshots) return error{errc::invalid_argument, "the image holds 65536 snapshots already"};
         if (name.size() > 0xFFFF || id.size() > 0xFFFF) return error{errc::invalid_argument, "a snapshot name or id is over 65535 bytes"};
-        for (const auto& sn : snapshots_) {
-            if (sn.name == name) return error{errc::invalid_argument, cat("a snapshot named '", name, "' exists already")};
+        // As QEMU: ids are unique, names need not be (lookups try ids first, then the first name).
+        for (const auto& sn : snapshots_)
             if (!id.empty() && sn.id == id) return error{errc::invalid_argument, cat("a snapshot with id '", id, "' exists already")};
-        }
         if (w_->rc.max_refcount() < 2)
             return error{errc::refcount_overflow, "1-bit refcounts cannot count the references a snapshot adds"};
         return {};
@@ -8302,7 +8472,8 @@ private:
             return r;
         }
         if (auto r = recompute_copied(); !r) return r;
-        // The entry: QEMU's 24 bytes of extra data (no VM state, the disk size, no icount).
+        // The entry: QEMU's 24 bytes of extra data (no VM state, the disk size, an instruction
+        // count of 0, as qemu-img stores it).
         std::uint64_t next = 1;
         for (const auto& s : snapshots_) {
             std::uint64_t v = 0;
@@ -8317,7 +8488,7 @@ private:
         sn.extra.resize(24);
         detail::store_be64(sn.extra, 0, 0);
         detail::store_be64(sn.extra, 8, header_.size);
-        detail::store_be64(sn.extra, 16, ~std::uint64_t{0});
+        detail::store_be64(sn.extra, 16, 0);
         std::vector<snapshot_entry> entries = snapshots_;
         entries.push_back(std::move(sn));
         if (auto r = replace_snapshot_table(std::move(entries)); !r) return r;
@@ -8954,9 +9125,13 @@ namespace qcow2 {
 
 /// A persistent bitmap as `info` lists it.
 struct bitmap_info {
+    /// The bitmap's name.
     std::string name;
+    /// Bytes of guest disk per bit.
     std::uint64_t granularity = 0;
+    /// The in-use flag: the bitmap may be inconsistent.
     bool in_use = false;
+    /// The auto flag: the bitmap tracks writes.
     bool auto_ = false;
 };
 
@@ -9036,12 +9211,15 @@ namespace qcow2 {
 
 /// One run of the guest disk, with the keys of `qemu-img map --output=json`.
 struct map_extent {
+    /// Guest offset of the run.
     std::uint64_t start = 0;
+    /// Its length in bytes.
     std::uint64_t length = 0;
     unsigned depth = 0;   ///< the layer that answers (0 = top); for ranges no layer has, the deepest one asked
     bool present = false; ///< some layer provides the range (false: a deeper backing file could change it)
     bool zero = false;    ///< reads as zeroes
     bool data = false;    ///< reads data from a file
+    /// Stored compressed.
     bool compressed = false;
     std::optional<std::uint64_t> offset; ///< host offset in the layer's file, when there is one
 
@@ -9309,6 +9487,229 @@ result<check_report> check(Image& img, const check_options& opts = {}) {
 
 } // namespace qcow2
 // ---- end qcow2/ops/check.hpp ----
+
+// ---- begin qcow2/ops/measure.hpp ----
+/// @file
+/// @brief `measure`: how large a new qcow2 image will be, as `qemu-img measure` computes it.
+///
+/// QEMU's formula (block/qcow2.c, `qcow2_measure` and `qcow2_calc_prealloc_size`): a fully
+/// allocated image holds one header cluster, every L2 table the virtual size needs (whole
+/// tables), the L1 table (whole clusters), the refcount blocks and table that count all of
+/// these and themselves (a fixed point, `refcount_metadata_size`), and every data cluster.
+/// The size an image needs for a source's contents is that, less the data clusters the
+/// source does not fill. Metadata is counted as for the fully allocated image, so the
+/// figure errs on the large side, as QEMU's does.
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <span>
+
+namespace qcow2 {
+
+/// A range of guest bytes.
+struct guest_range {
+    /// Guest offset of the first byte.
+    std::uint64_t offset = 0;
+    /// Length in bytes.
+    std::uint64_t length = 0;
+};
+
+/// What `measure` computes: the keys of `qemu-img measure --output=json`.
+struct measurement {
+    /// "required": the file size a new image needs to hold the source's data (with no
+    /// source, only its metadata), metadata counted as for the fully allocated image.
+    std::uint64_t required = 0;
+    /// "fully-allocated": the file size once every cluster of the disk is written.
+    std::uint64_t fully_allocated = 0;
+    /// "bitmaps": the bytes that copying the source's persistent bitmaps adds; only when the
+    /// source can hold persistent bitmaps and the new image is version 3 (as qemu-img prints it).
+    std::optional<std::uint64_t> bitmaps;
+};
+
+/// The guest disk a new image is measured for (qemu-img measure's SRC).
+struct measure_source {
+    /// The virtual size (a raw file's size rounded up to whole 512-byte sectors, as QEMU sees it).
+    std::uint64_t size = 0;
+    /// The ranges that read data through the whole chain, in ascending order (they may touch,
+    /// or share clusters). Ranges that read as zeroes (zero clusters, holes, unallocated
+    /// clusters with nothing below) are left out: they take no data cluster in the new image.
+    std::span<const guest_range> data{};
+    /// The source's persistent bitmaps when it can hold them (a version 3 qcow2 image, even
+    /// one without bitmaps); nothing for a source that cannot (raw files, version 2 images).
+    std::optional<std::span<const bitmap_entry>> bitmaps{};
+};
+
+/**
+ * @brief Bytes of refcount blocks and refcount table that count `clusters` clusters and
+ *        themselves (QEMU's `qcow2_refcount_metadata_size`, without the 1.5x headroom).
+ *
+ * The smallest numbers of blocks and table clusters such that the blocks cover the clusters,
+ * the blocks and the table: found by iterating to the fixed point.
+ * @param clusters the host clusters to count (data and other metadata).
+ * @param cluster_size the cluster size in bytes.
+ * @param refcount_bits 1, 2, 4, 8, 16, 32 or 64.
+ * @par Complexity
+ * A few iterations (each one adds less than a block per refcount block's coverage).
+ * @see QEMU block/qcow2.c, `qcow2_refcount_metadata_size`
+ */
+constexpr std::uint64_t refcount_metadata_size(std::uint64_t clusters, std::uint64_t cluster_size, unsigned refcount_bits) noexcept {
+    const std::uint64_t per_block = cluster_size * 8 / refcount_bits;
+    const std::uint64_t blocks_per_table_cluster = cluster_size / 8;
+    std::uint64_t blocks = 0, table = 0, last = 0, n = 0;
+    do {
+        last = n;
+        blocks = detail::div_round_up(clusters + blocks + table, per_block);
+        table = detail::div_round_up(blocks, blocks_per_table_cluster);
+        n = clusters + blocks + table;
+    } while (n != last);
+    return (blocks + table) * cluster_size;
+}
+
+/**
+ * @brief The file size of an image of virtual size `size` once every cluster is written
+ *        (QEMU's `qcow2_calc_prealloc_size`): the header cluster, every L2 table, the L1
+ *        table in whole clusters, the refcount metadata for all of these, and the data.
+ *
+ * `size` is rounded up to whole clusters first. The caller checks that the L1 table fits
+ * (`measure` does): then nothing here overflows.
+ */
+constexpr std::uint64_t fully_allocated_size(std::uint64_t size, std::uint64_t cluster_size, unsigned refcount_bits,
+                                             bool extended_l2) noexcept {
+    const std::uint64_t data = detail::div_round_up(size, cluster_size) * cluster_size;
+    const std::uint64_t entry = extended_l2 ? 16 : 8;
+    std::uint64_t meta = cluster_size; // the header
+    // Whole L2 tables for every data cluster.
+    const std::uint64_t l2_entries = detail::div_round_up(data / cluster_size, cluster_size / entry) * (cluster_size / entry);
+    meta += l2_entries * entry;
+    // One L1 entry per L2 table, in whole clusters.
+    const std::uint64_t l1_entries = detail::div_round_up(l2_entries * entry / cluster_size, cluster_size / 8) * (cluster_size / 8);
+    meta += l1_entries * 8;
+    meta += refcount_metadata_size((meta + data) / cluster_size, cluster_size, refcount_bits);
+    return meta + data;
+}
+
+/**
+ * @brief The bytes that copying `bitmaps` of a disk of `disk_size` bytes into a new image
+ *        with `cluster_size` clusters takes (QEMU's `qcow2_get_persistent_dirty_bitmap_size`):
+ *        for each bitmap, its data clusters as if all were allocated and its bitmap table in
+ *        whole clusters; then the directory (entries without extra data) in whole clusters.
+ */
+constexpr std::uint64_t bitmaps_copy_size(std::span<const bitmap_entry> bitmaps, std::uint64_t disk_size,
+                                          std::uint64_t cluster_size) noexcept {
+    std::uint64_t total = 0, directory = 0;
+    for (const auto& b : bitmaps) {
+        const std::uint64_t bytes = detail::div_round_up(detail::div_round_up(disk_size, b.granularity()), 8);
+        const std::uint64_t clusters = detail::div_round_up(bytes, cluster_size);
+        total += clusters * cluster_size;
+        total += detail::div_round_up(clusters * 8, cluster_size) * cluster_size;
+        directory += (24 + b.name.size() + 7) & ~std::uint64_t{7};
+    }
+    return total + detail::div_round_up(directory, cluster_size) * cluster_size;
+}
+
+namespace detail {
+
+/// Checks the options `measure` uses as QEMU's `qcow2_measure` does, in its order; the
+/// virtual size rounded up to whole clusters.
+inline result<std::uint64_t> check_measure_options(const create_options& o, std::uint64_t size) {
+    const std::uint64_t cs = o.cluster_size;
+    if (cs < (std::uint64_t{1} << limits::min_cluster_bits) || cs > (std::uint64_t{1} << limits::max_cluster_bits) || (cs & (cs - 1)))
+        return error{errc::invalid_argument, cat("cluster size ", dec(cs), " is not a power of two from 512 to 2 MiB")};
+    if (o.extended_l2 && cs < 16384)
+        return error{errc::invalid_argument, cat("extended L2 entries need clusters of at least 16384 bytes, not ", dec(cs))};
+    if (o.version != 2 && o.version != 3) return error{errc::invalid_argument, cat("version ", dec(o.version), " is neither 2 nor 3")};
+    const unsigned rb = o.refcount_bits;
+    if (rb == 0 || rb > 64 || (rb & (rb - 1)))
+        return error{errc::invalid_argument, cat("refcount width ", dec(rb), " is not a power of two up to 64")};
+    if (o.version < 3 && rb != 16) return error{errc::invalid_argument, "version 2 images have 16-bit refcounts only"};
+    const auto rounded = align_up(size, cs);
+    const std::uint64_t entry = o.extended_l2 ? 16 : 8;
+    if (!rounded || div_round_up(*rounded / cs, cs / entry) * 8 > limits::max_l1_bytes)
+        return error{errc::image_too_large, cat("a virtual size of ", dec(size), " bytes with ", dec(cs),
+                                                "-byte clusters needs an L1 table of more than 32 MiB")};
+    return *rounded;
+}
+
+/// The measurement once the data bytes are known: the fully allocated size less the data
+/// clusters not required.
+inline measurement finish_measure(const create_options& o, std::uint64_t virtual_size, std::uint64_t data) {
+    if (o.prealloc == preallocation::falloc || o.prealloc == preallocation::full) data = virtual_size;
+    measurement m;
+    m.fully_allocated = fully_allocated_size(virtual_size, o.cluster_size, o.refcount_bits, o.extended_l2);
+    m.required = m.fully_allocated - virtual_size + data;
+    return m;
+}
+
+} // namespace detail
+
+/**
+ * @brief What a new image with options `target` of `target.size` bytes takes, with nothing
+ *        written to it (`qemu-img measure --size`).
+ *
+ * Only the options that change the layout count: `size`, `cluster_size`, `refcount_bits`,
+ * `extended_l2`, `version` (checked with `refcount_bits`) and `prealloc` (`falloc` and
+ * `full` require the data clusters too). There is no `bitmaps` figure.
+ * @par Errors
+ * `invalid_argument` for a cluster size, refcount width or version QEMU refuses (extended L2
+ * entries with clusters under 16 KiB, a version 2 image with refcounts other than 16 bits);
+ * `image_too_large` when the L1 table would exceed 32 MiB.
+ * @par Complexity
+ * Constant; no I/O.
+ */
+inline result<measurement> measure(const create_options& target) {
+    auto vs = detail::check_measure_options(target, target.size);
+    if (!vs) return vs.error();
+    return detail::finish_measure(target, *vs, 0);
+}
+
+/**
+ * @brief What a new image with options `target` takes to hold the guest disk `source`
+ *        (`qemu-img measure SRC`): the new image has the source's size.
+ *
+ * The data clusters required are those that some byte of `source.data` falls in; with a
+ * backing file in `target` every cluster is (the new image's backing file may share nothing
+ * with the source), as with `prealloc` `falloc` or `full`. As in QEMU, the L1 limit is
+ * checked for `target.size` (what qemu-img's `-o size` gives, 0 by default), not for the
+ * source's size: a source too large for the target's cluster size is measured anyway.
+ * @par Errors
+ * Those of `measure(target)`; `invalid_argument` for data ranges out of order or past the
+ * source's size.
+ * @par Complexity
+ * Linear in the number of data ranges; no I/O.
+ */
+inline result<measurement> measure(const create_options& target, const measure_source& source) {
+    if (auto checked = detail::check_measure_options(target, target.size); !checked) return checked.error();
+    const std::uint64_t cs = target.cluster_size;
+    const auto vs = detail::align_up(source.size, cs);
+    if (!vs) return error{errc::image_too_large, detail::cat("a source of ", detail::dec(source.size), " bytes")};
+    std::uint64_t data = 0;
+    if (!target.backing_file.empty()) {
+        data = *vs;
+    } else {
+        std::uint64_t counted = 0, previous = 0; // clusters [0, counted) are counted already
+        for (const guest_range& r : source.data) {
+            if (r.length == 0) continue;
+            if (r.offset < previous || r.offset > source.size || r.length > source.size - r.offset)
+                return error{errc::invalid_argument,
+                             detail::cat("data range of ", detail::dec(r.length), " bytes at guest offset ", detail::dec(r.offset),
+                                         " is out of order or past the source's size ", detail::dec(source.size))};
+            previous = r.offset;
+            const std::uint64_t first = std::max(r.offset / cs, counted);
+            const std::uint64_t last = detail::div_round_up(r.offset + r.length, cs);
+            if (last > first) {
+                data += (last - first) * cs;
+                counted = last;
+            }
+        }
+    }
+    measurement m = detail::finish_measure(target, *vs, data);
+    if (target.version >= 3 && source.bitmaps) m.bitmaps = bitmaps_copy_size(*source.bitmaps, source.size, cs);
+    return m;
+}
+
+} // namespace qcow2
+// ---- end qcow2/ops/measure.hpp ----
 
 namespace qcow2 {
 /// An image in a local file.

@@ -24,22 +24,34 @@ namespace qcow2 {
 
 /// Flags of a bitmap directory entry.
 namespace bitmap_flags {
+/// The bitmap was not saved consistently (it is being written, or the writer crashed).
 inline constexpr std::uint32_t in_use = 1u << 0;
+/// The bitmap tracks guest writes (QEMU's "auto" flag).
 inline constexpr std::uint32_t auto_ = 1u << 1;
+/// The entry's extra data may be ignored by readers that do not know it.
 inline constexpr std::uint32_t extra_data_compatible = 1u << 2;
 } // namespace bitmap_flags
 
 /// One bitmap directory entry.
 struct bitmap_entry {
+    /// Host offset of the bitmap table.
     std::uint64_t table_offset = 0;
+    /// Entries in the bitmap table.
     std::uint32_t table_size = 0;
+    /// `bitmap_flags` bits.
     std::uint32_t flags = 0;
+    /// 1: a dirty tracking bitmap (the only type defined).
     std::uint8_t type = 1;
+    /// log2 of the bytes of guest disk one bit covers, 9 to 31.
     std::uint8_t granularity_bits = 16;
+    /// Extra data as stored.
     std::vector<std::byte> extra;
+    /// The bitmap's name.
     std::string name;
 
+    /// Bytes of guest disk one bit covers.
     constexpr std::uint64_t granularity() const noexcept { return std::uint64_t{1} << granularity_bits; }
+    /// Equal when every field is.
     friend constexpr bool operator==(const bitmap_entry&, const bitmap_entry&) = default;
 };
 

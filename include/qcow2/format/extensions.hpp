@@ -24,34 +24,51 @@ namespace qcow2 {
 
 /// Header extension type numbers (qcow2 spec, "Header extensions").
 namespace extension_type {
+/// The end of the extension list.
 inline constexpr std::uint32_t end = 0x00000000;
+/// The backing file's format name ("qcow2", "raw").
 inline constexpr std::uint32_t backing_format = 0xE2792ACA;
+/// The feature name table: 48-byte entries naming feature bits.
 inline constexpr std::uint32_t feature_names = 0x6803F857;
+/// Where the persistent bitmap directory is.
 inline constexpr std::uint32_t bitmaps = 0x23852875;
+/// Where the LUKS header is (full disk encryption header pointer).
 inline constexpr std::uint32_t encryption = 0x0537BE77;
+/// The external data file's name ("DATA").
 inline constexpr std::uint32_t data_file = 0x44415441;
 } // namespace extension_type
 
 /// A header extension as stored: its type and its data (without padding).
 struct header_extension {
+    /// The extension type (see `extension_type`).
     std::uint32_t type = 0;
+    /// Its data, `length` bytes.
     std::vector<std::byte> data;
+    /// Equal when every field is.
     friend constexpr bool operator==(const header_extension&, const header_extension&) = default;
 };
 
 /// Payload of the bitmaps extension (24 bytes).
 struct bitmaps_extension {
+    /// Bitmaps in the directory.
     std::uint32_t nb_bitmaps = 0;
+    /// Reserved, zero.
     std::uint32_t reserved = 0;
+    /// Size of the bitmap directory in bytes.
     std::uint64_t directory_size = 0;
+    /// Host offset of the bitmap directory.
     std::uint64_t directory_offset = 0;
+    /// Equal when every field is.
     friend constexpr bool operator==(const bitmaps_extension&, const bitmaps_extension&) = default;
 };
 
 /// Payload of the full disk encryption header pointer extension (16 bytes).
 struct encryption_extension {
+    /// Host offset of the LUKS header area (cluster aligned).
     std::uint64_t offset = 0;
+    /// Its length in bytes.
     std::uint64_t length = 0;
+    /// Equal when every field is.
     friend constexpr bool operator==(const encryption_extension&, const encryption_extension&) = default;
 };
 

@@ -51,10 +51,15 @@ struct fixed_string {
 template <feature_class C, unsigned Bit, detail::fixed_string Name, bool NeedsName = false>
 struct feature_tag {
     static_assert(Bit < 64);
+    /// The bit's class (incompatible, compatible or autoclear).
     static constexpr feature_class klass = C;
+    /// The bit number in its 64-bit header field.
     static constexpr unsigned bit = Bit;
+    /// The bit as a mask of its header field.
     static constexpr std::uint64_t mask = std::uint64_t{1} << Bit;
+    /// Its name in the feature name table ("dirty bit", "all zero", ...).
     static constexpr std::string_view name = Name.view();
+    /// True when a set bit is believed only if the image's own feature name table names it so.
     static constexpr bool needs_name_table = NeedsName;
 };
 
@@ -91,18 +96,26 @@ struct all_zero : feature_tag<feature_class::autoclear, 2, "all zero", true> {};
 
 /// One row of the registry: what a feature tag says, as a value.
 struct feature_info {
+    /// The bit's class.
     feature_class klass;
+    /// The bit number.
     unsigned bit;
+    /// Its feature name table name.
     std::string_view name;
+    /// See `feature_tag`.
     bool needs_name_table;
+    /// Equal when every field is.
     friend constexpr bool operator==(const feature_info&, const feature_info&) = default;
 };
 
 /// One 48-byte entry of the feature name table header extension.
 struct feature_name_entry {
+    /// Entry type: the bit's class (byte 0 of the entry).
     feature_class klass;
+    /// The bit number (byte 1 of the entry).
     std::uint8_t bit;
     std::string name; ///< at most 46 bytes
+    /// Equal when every field is.
     friend constexpr bool operator==(const feature_name_entry&, const feature_name_entry&) = default;
 };
 
@@ -112,6 +125,7 @@ struct feature_set {
     /// True when `G` is in the set.
     template <feature G>
     static constexpr bool contains = (std::is_same_v<G, F> || ...);
+    /// The number of features in the set.
     static constexpr std::size_t size = sizeof...(F);
     /// The bits of class `c` in the set.
     static constexpr std::uint64_t mask([[maybe_unused]] feature_class c) noexcept { return ((F::klass == c ? F::mask : 0) | ... | 0); }

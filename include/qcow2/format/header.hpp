@@ -53,22 +53,39 @@ enum class crypt_method : std::uint32_t { none = 0, aes = 1, luks = 2 };
  * Version 2 images have `header_length == 72`, no feature bits and `refcount_order == 4`.
  */
 struct header {
+    /// 2 or 3 (byte 4).
     std::uint32_t version = 3;
+    /// Where the backing file name starts in cluster 0; 0 without a backing file (byte 8).
     std::uint64_t backing_file_offset = 0;
+    /// Length of the backing file name in bytes (byte 16).
     std::uint32_t backing_file_size = 0;
+    /// log2 of the cluster size, 9 to 21 (byte 20).
     std::uint32_t cluster_bits = 16;
+    /// The virtual disk size in bytes (byte 24).
     std::uint64_t size = 0;
+    /// 0 none, 1 AES, 2 LUKS (byte 32; see `qcow2::crypt_method`).
     std::uint32_t crypt_method = 0;
+    /// Entries in the active L1 table (byte 36).
     std::uint32_t l1_size = 0;
+    /// Host offset of the active L1 table (byte 40).
     std::uint64_t l1_table_offset = 0;
+    /// Host offset of the refcount table (byte 48).
     std::uint64_t refcount_table_offset = 0;
+    /// Length of the refcount table in clusters (byte 56).
     std::uint32_t refcount_table_clusters = 0;
+    /// Internal snapshots in the snapshot table (byte 60).
     std::uint32_t nb_snapshots = 0;
+    /// Host offset of the snapshot table (byte 64).
     std::uint64_t snapshots_offset = 0;
+    /// Incompatible feature bits: unknown ones refuse the open (byte 72, version 3).
     std::uint64_t incompatible_features = 0;
+    /// Compatible feature bits: unknown ones are ignored (byte 80, version 3).
     std::uint64_t compatible_features = 0;
+    /// Autoclear feature bits: a writer clears those it does not maintain (byte 88, version 3).
     std::uint64_t autoclear_features = 0;
+    /// log2 of the refcount width in bits, 0 to 6 (byte 96; 4 in version 2).
     std::uint32_t refcount_order = 4;
+    /// Bytes of header fields (byte 100; 72 in version 2).
     std::uint32_t header_length = v3_qemu_header_length;
     std::uint8_t compression_type = 0; ///< meaningful only when header_length > 104
     /// Bytes from 105 up to header_length (compression_type's padding, then fields this
@@ -81,16 +98,23 @@ struct header {
     /// The backing file name, exactly as stored (not NUL terminated in the file).
     std::string backing_file;
 
+    /// The cluster size in bytes.
     constexpr std::uint64_t cluster_size() const noexcept { return std::uint64_t{1} << cluster_bits; }
+    /// The width of a refcount entry in bits.
     constexpr unsigned refcount_bits() const noexcept { return 1u << refcount_order; }
+    /// True when any incompatible bit of `incompatible_mask` is set.
     constexpr bool has(std::uint64_t incompatible_mask) const noexcept { return incompatible_features & incompatible_mask; }
+    /// True for 128-bit L2 entries with subclusters (incompatible bit 4).
     constexpr bool extended_l2() const noexcept { return incompatible_features & features::extended_l2::mask; }
+    /// Bytes per L2 entry: 8, or 16 with extended L2 entries.
     constexpr std::uint32_t l2_entry_size() const noexcept { return extended_l2() ? 16 : 8; }
+    /// log2 of the entries per L2 table.
     constexpr std::uint32_t l2_bits() const noexcept { return cluster_bits - (extended_l2() ? 4 : 3); }
     /// Bytes of guest disk one L1 entry covers.
     constexpr std::uint64_t l1_entry_coverage() const noexcept { return std::uint64_t{1} << (cluster_bits + l2_bits()); }
     /// The L1 entries needed to cover the virtual size.
     constexpr std::uint64_t min_l1_entries() const noexcept { return detail::div_round_up(size, l1_entry_coverage()); }
+    /// The compression type as an enumeration.
     constexpr compression compression_kind() const noexcept { return static_cast<compression>(compression_type); }
 
     /// The extension of a type, or nullptr.
@@ -141,6 +165,7 @@ struct header {
         return std::nullopt;
     }
 
+    /// Equal when every field is.
     friend constexpr bool operator==(const header&, const header&) = default;
 };
 

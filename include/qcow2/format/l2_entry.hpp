@@ -18,8 +18,11 @@ inline constexpr std::uint64_t copied = std::uint64_t{1} << 63;     ///< refcoun
 inline constexpr std::uint64_t compressed = std::uint64_t{1} << 62; ///< compressed cluster descriptor
 inline constexpr std::uint64_t zero = 1;                            ///< reads as zero (v3, standard L2)
 inline constexpr std::uint64_t offset_mask = 0x00FFFFFFFFFFFE00ull; ///< host cluster offset
+/// L2 table offset in an L1 entry.
 inline constexpr std::uint64_t l1_offset_mask = 0x00FFFFFFFFFFFE00ull;
+/// Reserved bits of an L1 entry (must be zero).
 inline constexpr std::uint64_t l1_reserved = 0x7F000000000001FFull;
+/// Reserved bits of a standard L2 entry (must be zero).
 inline constexpr std::uint64_t standard_reserved = 0x3F000000000001FEull;
 } // namespace l2_bits
 
@@ -34,6 +37,7 @@ enum class cluster_state : std::uint8_t {
 
 /// One classified (sub)cluster.
 struct subcluster {
+    /// What reading it yields.
     cluster_state state = cluster_state::unallocated;
     bool has_host = false;        ///< a host range is allocated (data, zero with preallocation, reserved space)
     std::uint64_t host = 0;       ///< host offset of the (sub)cluster start when `has_host`
@@ -42,19 +46,26 @@ struct subcluster {
 
 /// The geometry that decides how entries decode.
 struct l2_geometry {
+    /// log2 of the cluster size.
     unsigned cluster_bits = 16;
     bool extended = false;      ///< incompatible bit 4
     bool external_data = false; ///< incompatible bit 2
     bool version2 = false;      ///< zero flags are invalid in version 2
 
+    /// The cluster size in bytes.
     constexpr std::uint64_t cluster_size() const noexcept { return std::uint64_t{1} << cluster_bits; }
+    /// The unit one L2 entry (or subcluster bit) maps: the cluster, or 1/32 of it.
     constexpr std::uint64_t subcluster_size() const noexcept { return extended ? cluster_size() / 32 : cluster_size(); }
+    /// Bytes per L2 entry.
     constexpr unsigned entry_bytes() const noexcept { return extended ? 16 : 8; }
+    /// Entries per L2 table (one cluster).
     constexpr std::uint64_t entries_per_table() const noexcept { return cluster_size() / entry_bytes(); }
 };
 
 /**
  * @brief Classifies subcluster `sc` (0 for standard L2) of the cluster an entry describes.
+ * @param g the image's geometry.
+ * @param sc the subcluster index, 0 to 31 (0 for standard L2 entries).
  * @param entry the first 64 bits; @param bitmap the subcluster bitmap (extended L2 only).
  */
 constexpr subcluster classify(const l2_geometry& g, std::uint64_t entry, std::uint64_t bitmap, unsigned sc) noexcept {

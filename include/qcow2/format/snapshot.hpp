@@ -25,15 +25,23 @@ namespace qcow2 {
 
 /// One snapshot table entry.
 struct snapshot_entry {
+    /// Host offset of the snapshot's L1 table.
     std::uint64_t l1_table_offset = 0;
+    /// Entries in the snapshot's L1 table.
     std::uint32_t l1_size = 0;
+    /// When the snapshot was taken: seconds since the epoch...
     std::uint32_t date_sec = 0;
+    /// ...and nanoseconds.
     std::uint32_t date_nsec = 0;
+    /// The guest's clock at the snapshot, in nanoseconds.
     std::uint64_t vm_clock_nsec = 0;
+    /// The 32-bit VM state size field (see `vm_state_size()`).
     std::uint32_t vm_state_size32 = 0;
     /// Extra data as stored: +0 u64 VM state size, +8 u64 disk size, +16 u64 icount, then unknown bytes.
     std::vector<std::byte> extra;
+    /// The snapshot's id ("1", "2", ...).
     std::string id;
+    /// The snapshot's name.
     std::string name;
 
     /// The VM state size (the 64-bit field of the extra data when present).
@@ -50,6 +58,7 @@ struct snapshot_entry {
         if (extra.size() >= 24 && detail::load_be64(extra, 16) != UINT64_MAX) return detail::load_be64(extra, 16);
         return std::nullopt;
     }
+    /// Equal when every field is.
     friend constexpr bool operator==(const snapshot_entry&, const snapshot_entry&) = default;
 };
 
@@ -60,6 +69,8 @@ constexpr std::uint64_t snapshot_entry_size(const snapshot_entry& s) {
 
 /**
  * @brief Decodes `count` entries from the table bytes `table`.
+ * @param table the bytes of the snapshot table.
+ * @param count the number of entries (the header's nb_snapshots).
  * @param cluster_size for the alignment check of each entry's L1 table.
  * @par Errors
  * `invalid_snapshot_table` when an entry runs past `table`, has more than 1024 bytes of

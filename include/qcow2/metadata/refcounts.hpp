@@ -61,11 +61,13 @@ result<void> read_zero_padded(B& b, std::uint64_t file_size, std::uint64_t offse
 template <io::readable_backend Backend, class Allocator = std::allocator<std::byte>>
 class basic_refcount_reader {
 public:
+    /// The allocator.
     using allocator_type = Allocator;
 
     /**
      * @brief Loads the refcount table described by `h` from `file`.
      * @param file the image file (kept by address). @param h its decoded header.
+     * @param alloc the allocator for the table and the cache.
      * @param cache_bytes memory for cached refcount blocks.
      * @par Errors
      * `refcount_table_too_large` (over 8 MiB), `misaligned_offset` (table offset),
@@ -106,7 +108,9 @@ public:
         return r;
     }
 
+    /// Moves the table and the cache.
     basic_refcount_reader(basic_refcount_reader&&) noexcept = default;
+    /// Moves the table and the cache.
     basic_refcount_reader& operator=(basic_refcount_reader&&) noexcept = default;
 
     /// The refcount table entries as stored (reserved bits included).
@@ -192,6 +196,7 @@ private:
 /// A run of host clusters: `count` clusters from cluster index `first`.
 struct cluster_run {
     std::uint64_t first = 0; ///< cluster index (host offset >> cluster_bits)
+    /// How many clusters.
     std::uint64_t count = 0;
 };
 
@@ -320,6 +325,7 @@ struct no_overlap_guard {
 template <io::backend Backend, class Allocator = std::allocator<std::byte>>
 class basic_refcount_table {
 public:
+    /// The allocator.
     using allocator_type = Allocator;
 
     /**
@@ -371,7 +377,9 @@ public:
         return t;
     }
 
+    /// Moves the table, the cache and the pending changes.
     basic_refcount_table(basic_refcount_table&&) noexcept = default;
+    /// Moves the table, the cache and the pending changes.
     basic_refcount_table& operator=(basic_refcount_table&&) noexcept = default;
 
     /// The refcount table entries.

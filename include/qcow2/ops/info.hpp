@@ -18,9 +18,13 @@ namespace qcow2 {
 
 /// A persistent bitmap as `info` lists it.
 struct bitmap_info {
+    /// The bitmap's name.
     std::string name;
+    /// Bytes of guest disk per bit.
     std::uint64_t granularity = 0;
+    /// The in-use flag: the bitmap may be inconsistent.
     bool in_use = false;
+    /// The auto flag: the bitmap tracks writes.
     bool auto_ = false;
 };
 

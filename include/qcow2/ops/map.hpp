@@ -23,12 +23,15 @@ namespace qcow2 {
 
 /// One run of the guest disk, with the keys of `qemu-img map --output=json`.
 struct map_extent {
+    /// Guest offset of the run.
     std::uint64_t start = 0;
+    /// Its length in bytes.
     std::uint64_t length = 0;
     unsigned depth = 0;   ///< the layer that answers (0 = top); for ranges no layer has, the deepest one asked
     bool present = false; ///< some layer provides the range (false: a deeper backing file could change it)
     bool zero = false;    ///< reads as zeroes
     bool data = false;    ///< reads data from a file
+    /// Stored compressed.
     bool compressed = false;
     std::optional<std::uint64_t> offset; ///< host offset in the layer's file, when there is one
 
