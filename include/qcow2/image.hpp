@@ -2335,6 +2335,10 @@ private:
             co.repair = check_repair::all;
             auto rep = detail::check_and_repair(img, co);
             if (!rep) return error(rep.error().code(), detail::cat("could not repair the dirty image: ", rep.error().message()));
+            if (rep->check_errors) { // a read failed: report why, as QEMU reports the EIO
+                const error why = rep->first_check_error.value_or(error{errc::io_error, "a refcount could not be read"});
+                return error(why.code(), detail::cat("could not repair the dirty image: ", why.message()));
+            }
             if (img.header_.incompatible_features & features::dirty::mask)
                 return error{errc::image_corrupt, detail::cat("could not repair the dirty image: ", detail::dec(rep->corruptions),
                                                               " corruptions and ", detail::dec(rep->check_errors), " check errors remain")};

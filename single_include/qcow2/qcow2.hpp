@@ -5770,6 +5770,7 @@ result<zeroed<Image>> make_empty(Image& img) {
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -5780,6 +5781,7 @@ namespace qcow2 {
 /// What `check` found, with the fields of QEMU's `BdrvCheckResult` (and `qemu-img check`'s keys).
 struct check_report {
     std::uint64_t check_errors = 0;        ///< internal errors (a refcount that could not be read)
+    std::optional<error> first_check_error; ///< what went wrong at the first check error (not in qemu-img's report)
     std::uint64_t corruptions = 0;         ///< stored refcount below the references, bad entries, wrong COPIED flags
     std::uint64_t leaks = 0;               ///< stored refcount above the references
     std::uint64_t corruptions_fixed = 0;   ///< corruptions repaired (refcounts raised, COPIED flags, rebuilt structures)
@@ -5843,6 +5845,9 @@ public:
         if (auto r = calculate(); !r) return r.error();
         const check_report pre_compare = rep_;
         if (auto r = compare(false, false); !r) return r.error();
+        // A repair needs every stored refcount: one that could not be read would make it
+        // "fix" COPIED flags and refcounts from a guess. Stop, with what went wrong.
+        if (fix_leaks_ && rep_.first_check_error) return *rep_.first_check_error;
         if (rebuild_ && fix_errors_) {
             const check_report old = rep_;
             std::uint64_t fresh_leaks = 0;
@@ -6153,6 +6158,7 @@ private:
                 std::uint64_t rc1 = 0;
                 if (!b && !past_end) {
                     ++rep_.check_errors;
+                    if (!rep_.first_check_error) rep_.first_check_error = b.error();
                     problem(cat("Can't get refcount for cluster ", dec(i), ": ", b.error().message()));
                     continue;
                 }
@@ -8814,6 +8820,10 @@ private:
             co.repair = check_repair::all;
             auto rep = detail::check_and_repair(img, co);
             if (!rep) return error(rep.error().code(), detail::cat("could not repair the dirty image: ", rep.error().message()));
+            if (rep->check_errors) { // a read failed: report why, as QEMU reports the EIO
+                const error why = rep->first_check_error.value_or(error{errc::io_error, "a refcount could not be read"});
+                return error(why.code(), detail::cat("could not repair the dirty image: ", why.message()));
+            }
             if (img.header_.incompatible_features & features::dirty::mask)
                 return error{errc::image_corrupt, detail::cat("could not repair the dirty image: ", detail::dec(rep->corruptions),
                                                               " corruptions and ", detail::dec(rep->check_errors), " check errors remain")};
