@@ -247,6 +247,7 @@ std::string convert_range(disk& src, raw_output& out, std::uint64_t begin, std::
                     if (auto ec = out.write_at(pos + run_start, part)) return write_failed(pos + run_start, ec);
                 }
             }
+            if (data.data() != buf.data()) disk::release(data);
             advance(n);
             pos += n;
         }
@@ -583,6 +584,7 @@ inline std::string copy_into_qcow2(disk& src, qcow2::image& dst, bool fresh, boo
         }
         if (auto err = flush_run(end); !err.empty()) return err;
         meter.update(end, size);
+        if (u->data.empty()) disk::release(u->bytes); // the mapped raw file
         reader.recycle(std::move(u->data));
     }
     return {};

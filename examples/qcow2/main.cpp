@@ -6,13 +6,17 @@
 
 #include "bench.hpp"
 #include "check.hpp"
+#include "commit.hpp"
 #include "compare.hpp"
 #include "convert.hpp"
 #include "create.hpp"
 #include "info.hpp"
 #include "io.hpp"
 #include "map.hpp"
+#include "measure.hpp"
+#include "rebase.hpp"
 #include "resize.hpp"
+#include "snapshot.hpp"
 
 #include <cstdio>
 #include <string>
@@ -43,6 +47,15 @@ void usage(std::FILE* to) {
                  "        refcount consistency as qemu-img check reports it (exit 0 clean, 1 check errors, 2 corruptions, 3 leaks)\n"
                  "  compare [-f FMT] [-F FMT] [-s] [-q] A B\n"
                  "        exit 0 identical, 1 different, 2 open error, 3 allocation query error, 4 read error\n"
+                 "  snapshot [-l | -c SNAPSHOT | -a SNAPSHOT | -d SNAPSHOT] [-q] [-f FMT] FILE\n"
+                 "        lists, creates (dated now), applies or deletes internal snapshots, as qemu-img snapshot does\n"
+                 "  measure [--output=human|json] [-O qcow2|raw] [-o OPTIONS] [-f FMT] (SRC | --size SIZE)\n"
+                 "        the file size a new image needs for SRC (or an empty disk of SIZE), as qemu-img measure reports it\n"
+                 "  commit [-f FMT] [-q] [-p] [-d] FILE\n"
+                 "        writes what FILE holds into its backing file, then empties FILE (not with -d)\n"
+                 "  rebase [-f FMT] [-u] -b BACKING [-F FMT] [-p] [-q] FILE\n"
+                 "        changes the backing file; without -u first copies into FILE what the old and new backing\n"
+                 "        files read differently (-b \"\": no backing file)\n"
                  "  bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N] [-i AIO] [-n] [--no-drain] [-o OFFSET]\n"
                  "        [--pattern=N] [-q] [-s BUFFER_SIZE] [-S STEP_SIZE] [-t CACHE] [-w] [-U] FILE\n"
                  "        qemu-img bench's requests and report, sent one at a time (-d, -t, -i, -n, --no-drain\n"
@@ -78,6 +91,10 @@ int main(int argc, char** argv) {
     if (cmd == "compare") return cli::compare_command(args);
     if (cmd == "check") return cli::check_command(args);
     if (cmd == "bench") return cli::bench_command(args);
+    if (cmd == "snapshot") return cli::snapshot_command(args);
+    if (cmd == "measure") return cli::measure_command(args);
+    if (cmd == "commit") return cli::commit_command(args);
+    if (cmd == "rebase") return cli::rebase_command(args);
     cli::fail("Command not found: " + cmd);
     return 1;
 }

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "common.hpp"
 
@@ -129,6 +130,18 @@ public:
         if (m->host_offset >= map_.size()) return {};
         const std::uint64_t n = std::min(m->length, map_.size() - m->host_offset);
         return map_.subspan(static_cast<std::size_t>(m->host_offset), static_cast<std::size_t>(n));
+    }
+
+    /// Gives back the memory of a span `view` returned (the file stays as it is): mapped pages
+    /// would otherwise count in the process's resident size until the end.
+    static void release(std::span<const std::byte> v) noexcept { drop_pages(v); }
+
+    /// Drops the page tables of the whole pages inside `v`, a span of a shared file mapping.
+    static void drop_pages(std::span<const std::byte> v) noexcept {
+        const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+        const auto lo = (reinterpret_cast<std::uintptr_t>(v.data()) + page - 1) & ~(page - 1);
+        const auto hi = (reinterpret_cast<std::uintptr_t>(v.data()) + v.size()) & ~(page - 1);
+        if (hi > lo) (void)::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
     }
 
     /// Reads guest bytes `[offset, offset + out.size())`.
