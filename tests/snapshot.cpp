@@ -209,3 +209,71 @@ TEST_CASE("backing file: the header's name and format change, the rest stays", "
         CHECK(b == std::vector<std::byte>(10, std::byte{4}));
     }
 }
+
+TEST_CASE("amend: compat, refcount width, lazy refcounts, size", "[amend]") {
+    qcow2::create_options o;
+    o.size = 4 << 20;
+    o.cluster_size = 4096;
+    auto z = mem_image::create(qcow2::io::memory{}, o);
+    REQUIRE(z);
+    mem_image img = std::move(*z).release();
+    std::mt19937_64 rng(5);
+    std::vector<std::byte> shadow(static_cast<std::size_t>(o.size));
+    scribble(img, shadow, rng, 60);
+    for (const unsigned bits : {64u, 1u, 2u, 8u, 32u, 16u}) {
+        CAPTURE(bits);
+        qcow2::amend_options a;
+        a.refcount_bits = bits;
+        auto r = img.amend(a);
+        if (bits <= 2) { // compressed clusters share host clusters: 1 or 2 bits cannot count them
+            REQUIRE_FALSE(r);
+            CHECK_THAT(r.error().message(), Catch::Contains("cannot decrease refcount entry width"));
+            CHECK(r.error().is(errc::invalid_argument));
+            CHECK(img.header().refcount_bits() == 64);
+            continue;
+        }
+        REQUIRE(r);
+        CHECK(img.header().refcount_bits() == bits);
+        require_clean(img);
+        CHECK(read_all(img) == shadow);
+        scribble(img, shadow, rng, 10);
+        require_clean(img);
+    }
+    qcow2::amend_options lazy;
+    lazy.lazy_refcounts = true;
+    REQUIRE(img.amend(lazy));
+    CHECK((img.header().compatible_features & qcow2::features::lazy_refcounts::mask) != 0);
+    scribble(img, shadow, rng, 10);
+    lazy.lazy_refcounts = false;
+    REQUIRE(img.amend(lazy));
+    CHECK(img.header().compatible_features == 0);
+    CHECK((img.header().incompatible_features & qcow2::features::dirty::mask) == 0);
+    require_clean(img);
+    // Down to version 2: zero clusters expanded (none may remain), and back up.
+    REQUIRE(img.write_zeroes(4096 * 3, 4096 * 5));
+    std::fill_n(shadow.begin() + 4096 * 3, 4096 * 5, std::byte{0});
+    qcow2::amend_options v2;
+    v2.version = 2;
+    v2.size = 8 << 20;
+    REQUIRE(img.amend(v2));
+    shadow.resize(8 << 20);
+    CHECK(img.header().version == 2);
+    CHECK(img.size() == (8u << 20));
+    require_clean(img);
+    CHECK(read_all(img) == shadow);
+    qcow2::amend_options v3;
+    v3.version = 3;
+    REQUIRE(img.amend(v3));
+    CHECK(img.header().version == 3);
+    CHECK(img.header().refcount_bits() == 16);
+    require_clean(img);
+    CHECK(read_all(img) == shadow);
+    // Refusals.
+    qcow2::amend_options bad;
+    bad.version = 2;
+    bad.refcount_bits = 8;
+    CHECK(img.amend(bad).error().is(errc::invalid_argument));
+    qcow2::amend_options raw_on;
+    raw_on.data_file_raw = true;
+    CHECK(img.amend(raw_on).error().is(errc::invalid_argument));
+}

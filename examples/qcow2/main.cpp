@@ -6,6 +6,7 @@
 
 #include "bench.hpp"
 #include "check.hpp"
+#include "amend.hpp"
 #include "commit.hpp"
 #include "compare.hpp"
 #include "convert.hpp"
@@ -51,6 +52,8 @@ void usage(std::FILE* to) {
                  "        lists, creates (dated now), applies or deletes internal snapshots, as qemu-img snapshot does\n"
                  "  measure [--output=human|json] [-O qcow2|raw] [-o OPTIONS] [-f FMT] (SRC | --size SIZE)\n"
                  "        the file size a new image needs for SRC (or an empty disk of SIZE), as qemu-img measure reports it\n"
+                 "  amend [-f qcow2] [-q] -o OPTIONS FILE\n"
+                 "        changes compat, refcount_bits, lazy_refcounts, data_file_raw (off) or size, as qemu-img amend\n"
                  "  commit [-f FMT] [-q] [-p] [-d] FILE\n"
                  "        writes what FILE holds into its backing file, then empties FILE (not with -d)\n"
                  "  rebase [-f FMT] [-u] -b BACKING [-F FMT] [-p] [-q] FILE\n"
@@ -93,6 +96,7 @@ int main(int argc, char** argv) {
     if (cmd == "bench") return cli::bench_command(args);
     if (cmd == "snapshot") return cli::snapshot_command(args);
     if (cmd == "measure") return cli::measure_command(args);
+    if (cmd == "amend") return cli::amend_command(args);
     if (cmd == "commit") return cli::commit_command(args);
     if (cmd == "rebase") return cli::rebase_command(args);
     cli::fail("Command not found: " + cmd);

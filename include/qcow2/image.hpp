@@ -98,6 +98,15 @@ struct create_options {
     bool data_file_raw = false;                  ///< the data file is kept a valid raw image (no backing file)
 };
 
+/// What `basic_image::amend` changes (`qemu-img amend -o ...`); fields left empty stay as they are.
+struct amend_options {
+    std::optional<unsigned> version;       ///< 2 (compat=0.10) or 3 (compat=1.1)
+    std::optional<bool> lazy_refcounts;    ///< version 3 only
+    std::optional<unsigned> refcount_bits; ///< 1 to 64, a power of two (version 2: 16)
+    std::optional<bool> data_file_raw;     ///< may only be turned off
+    std::optional<std::uint64_t> size;     ///< as `resize`
+};
+
 /// One run of a guest range in one layer of the chain, as `basic_image::map_range` reports it.
 struct mapping {
     /// Guest offset where the run starts.
@@ -571,6 +580,51 @@ public:
     }
 
     /**
+     * @brief Changes what `qemu-img amend` changes, in QEMU's order: the version up, the
+     *        refcount width, the raw data file flag, lazy refcounts, the size, the version down.
+     *
+     * - Version 3 to 2 needs what version 2 can hold: 16-bit refcounts, no external data file,
+     *   extended L2 entries, zstd, bitmaps or internal snapshots (snapshots: not built); zero
+     *   clusters are expanded (written with zeroes where a backing file would show through,
+     *   else made unallocated), and the compatible and autoclear bits and unknown header
+     *   fields go (version 2 has no room for them).
+     * - The refcount width is changed by writing a new refcount structure of the new width
+     *   (refused when a refcount would not fit), then switching the header to it.
+     * - `data_file_raw` can be turned off only, as in QEMU.
+     * @par Errors
+     * `invalid_argument` for values QEMU refuses; `not_supported` as above; those of the writes.
+     */
+    result<void> amend(const amend_options& o) {
+        using detail::cat;
+        using detail::dec;
+        if (auto r = check_modify(0, 0); !r) return r;
+        const unsigned target = o.version.value_or(header_.version);
+        if (target != 2 && target != 3) return error{errc::invalid_argument, cat("compat level ", dec(target), " is unknown")};
+        if (o.refcount_bits) {
+            const unsigned b = *o.refcount_bits;
+            if (b == 0 || b > 64 || (b & (b - 1))) return error{errc::invalid_argument, "refcount width must be a power of two and may not exceed 64 bits"};
+            if (target == 2 && b != 16)
+                return error{errc::invalid_argument, "refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"};
+        }
+        if (o.lazy_refcounts && *o.lazy_refcounts && target == 2)
+            return error{errc::invalid_argument, "lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"};
+        if (o.data_file_raw && *o.data_file_raw && !data_file_raw())
+            return error{errc::invalid_argument, "data-file-raw cannot be set on existing images"};
+        if (target == 2 && header_.version == 3) {
+            if ((o.refcount_bits ? *o.refcount_bits : header_.refcount_bits()) != 16)
+                return error{errc::invalid_argument, "compat=0.10 requires refcount_bits=16"};
+            if (geometry_.external_data) return error{errc::not_supported, "cannot downgrade an image with a data file"};
+            if (geometry_.extended) return error{errc::not_supported, "cannot downgrade an image with extended L2 entries"};
+            if (header_.compression_kind() != compression::zlib)
+                return error{errc::not_supported, "cannot downgrade an image with a compression type other than zlib"};
+            if (header_.bitmaps()) return error{errc::not_supported, "cannot downgrade an image with bitmaps"};
+            if (!snapshots_.empty()) return error{errc::not_supported, "downgrading an image with internal snapshots is not built"};
+        }
+        if (auto r = prepare_modify(false); !r) return r;
+        return guarded(amend_impl(o, target));
+    }
+
+    /**
      * @brief Changes the backing file the header names (what `qemu-img rebase -u` does): the
      *        name as stored, and its format (empty: no backing format extension). An empty
      *        name removes the backing file. Nothing else changes: reads of unallocated
@@ -728,7 +782,9 @@ public:
 
     /**
      * @brief Points the header at a new refcount table: flushes, writes the 12 bytes of
-     *        refcount_table_offset and refcount_table_clusters in one write, flushes.
+     *        refcount_table_offset and refcount_table_clusters in one write, flushes. With
+     *        `order` different from the header's, the new structure has that refcount width
+     *        and the whole header is rewritten instead.
      *
      * The new table and its blocks must already be written. Also refreshes the file size the
      * image checks metadata against (the new structures may have grown the file).
@@ -737,12 +793,25 @@ public:
      * @par I/O
      * Two flushes around one 12-byte write at byte 48.
      */
-    result<void> replace_refcount_table(std::uint64_t offset, std::uint32_t clusters) {
+    result<void> replace_refcount_table(std::uint64_t offset, std::uint32_t clusters, std::optional<unsigned> order = std::nullopt) {
         if (!writable_) return error{errc::read_only, "replacing the refcount table of an image opened read-only"};
         if (auto r = retire_writer(); !r) return r;
         if (!detail::is_aligned(offset, cluster_size()))
             return error{errc::misaligned_offset, detail::cat("refcount table offset ", detail::hex(offset), " is not cluster aligned")};
         if (auto r = flush(); !r) return r;
+        if (order && *order != header_.refcount_order) {
+            // A new width too: the fields (48..59 and 96..99) change in one write of the header,
+            // whose first sector holds them all.
+            qcow2::header h = header_;
+            h.refcount_table_offset = offset;
+            h.refcount_table_clusters = clusters;
+            h.refcount_order = *order;
+            if (auto r = swap_header(std::move(h)); !r) return r;
+            auto n = io::size_of(file_);
+            if (!n) return n.error();
+            file_size_ = *n;
+            return {};
+        }
         std::byte b[12];
         detail::store_be64(b, 0, offset);
         detail::store_be32(b, 8, clusters);
@@ -1811,6 +1880,131 @@ private:
             }
         }
         return truncate_unused();
+    }
+
+    // ------------------------------------------------------------ amend
+
+    result<void> amend_impl(const amend_options& o, unsigned target) {
+        if (target == 3 && header_.version == 2) {
+            if (auto r = commit(true); !r) return r;
+            if (auto r = check_io(file_.flush(), "flushing before the upgrade"); !r) return r;
+            qcow2::header h = header_;
+            h.version = 3;
+            h.refcount_order = 4;
+            h.unknown_fields = std::vector<std::byte>(7);
+            add_feature_names(h);
+            lay_out_header(h);
+            if (encoded_header_size(h) > cluster_size()) h.remove_extension(extension_type::feature_names), lay_out_header(h);
+            if (auto r = swap_header(std::move(h)); !r) return r;
+        }
+        if (o.refcount_bits && *o.refcount_bits != header_.refcount_bits())
+            if (auto r = change_refcount_width(static_cast<unsigned>(std::countr_zero(*o.refcount_bits))); !r) return r;
+        if (o.data_file_raw && !*o.data_file_raw && data_file_raw()) {
+            qcow2::header h = header_;
+            h.autoclear_features &= ~features::raw_external_data::mask;
+            if (auto r = swap_header(std::move(h)); !r) return r;
+        }
+        if (o.lazy_refcounts && header_.version >= 3) {
+            const bool on = *o.lazy_refcounts;
+            if (on != ((header_.compatible_features & features::lazy_refcounts::mask) != 0)) {
+                // Turning them off: the refcounts must be written and the dirty bit gone first.
+                if (auto r = commit(true); !r) return r;
+                if (auto r = check_io(file_.flush(), "flushing before lazy refcounts change"); !r) return r;
+                qcow2::header h = header_;
+                h.compatible_features ^= features::lazy_refcounts::mask;
+                if (!on) h.incompatible_features &= ~features::dirty::mask;
+                if (auto r = swap_header(std::move(h)); !r) return r;
+                w_->lazy = on;
+                w_->marked_dirty = false;
+            }
+        }
+        if (o.size && *o.size != header_.size) {
+            if (*o.size % 512) return error{errc::invalid_argument, "the new size is not a multiple of 512"};
+            if (auto r = resize_impl(*o.size); !r) return r;
+        }
+        if (target == 2 && header_.version == 3) return downgrade();
+        return {};
+    }
+
+    /// Writes `h` as the header (the file flushed before, the header flushed after); the
+    /// header in memory follows only on success.
+    result<void> swap_header(qcow2::header h) {
+        qcow2::header old = std::move(header_);
+        header_ = std::move(h);
+        if (auto r = write_header(); !r) {
+            header_ = std::move(old);
+            return r;
+        }
+        names_ = header_.feature_names();
+        return {};
+    }
+
+    /// Version 3 to 2: zero clusters expanded, then the version 2 header.
+    result<void> downgrade() {
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t cs = cluster_size();
+        const std::uint64_t ept = geometry_.entries_per_table();
+        for (std::size_t i = 0; i < l1_.size(); ++i) {
+            if (!(l1_[i] & l2_bits::l1_offset_mask)) continue;
+            for (std::uint64_t k = 0; k < ept; ++k) {
+                const std::uint64_t g = ((std::uint64_t{i} * ept) + k) << cb;
+                if (g >= header_.size) break;
+                auto slot = writable_l2(i);
+                if (!slot) return slot.error();
+                const std::uint64_t e = l2_entry(slot->first, k);
+                l2_cache_->unpin(slot->second);
+                if (!(e & l2_bits::zero) || (e & l2_bits::compressed)) continue;
+                const bool backing = has_backing() && g < backing_size_;
+                // Version 2 reads an unallocated cluster from the backing file: only there
+                // must the zeroes be written.
+                std::uint64_t ne = 0;
+                if (backing || owned(e)) {
+                    // The host cluster is written with zeroes: its own when it is this
+                    // image's alone, else a new one.
+                    std::uint64_t host = owned(e) ? (e & l2_bits::offset_mask) : 0;
+                    if (!host) {
+                        auto run = allocate_clusters(1, true);
+                        if (!run) return run.error();
+                        host = run->first << cb;
+                    }
+                    if (auto r = write_host(host, std::span(w_->zeros).first(static_cast<std::size_t>(cs))); !r) return r;
+                    ne = host | l2_bits::copied;
+                }
+                auto again = writable_l2(i);
+                if (!again) return again.error();
+                set_l2(again->first, again->second, k, ne, 0);
+                l2_cache_->unpin(again->second);
+                if (!owned(e) && (e & l2_bits::offset_mask)) drop_reference(e);
+            }
+        }
+        if (auto r = commit(true); !r) return r;
+        if (auto r = check_io(file_.flush(), "flushing before the downgrade"); !r) return r;
+        qcow2::header h = header_;
+        h.version = 2;
+        h.incompatible_features = h.compatible_features = h.autoclear_features = 0;
+        h.refcount_order = 4;
+        h.compression_type = 0;
+        h.remove_extension(extension_type::feature_names);
+        lay_out_header(h); // version 2: 72 bytes of fields, unknown fields dropped
+        if (auto r = swap_header(std::move(h)); !r) return r;
+        geometry_.version2 = true;
+        w_->lazy = false;
+        w_->marked_dirty = false;
+        return {};
+    }
+
+    /// A new refcount structure of refcount_order `order` (what the metadata references,
+    /// counted again), the header switched to it, the old one freed; through `check`'s rebuild.
+    result<void> change_refcount_width(unsigned order) {
+        if (auto r = retire_writer(); !r) return r;
+        check_options co;
+        co.repair = check_repair::all;
+        co.refcount_order = order;
+        auto rep = detail::check_and_repair(*this, co);
+        if (!rep) return rep.error();
+        if (header_.refcount_order != order)
+            return error{errc::image_corrupt, "the new refcount structure could not be written"};
+        return ensure_writer();
     }
 
     // ------------------------------------------------------------ snapshots

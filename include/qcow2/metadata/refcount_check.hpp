@@ -75,6 +75,10 @@ struct check_options {
     /// Called with each problem found or repaired, in QEMU's words ("ERROR cluster 5 refcount=0
     /// reference=1", "Repairing cluster 5 refcount=2 reference=1"); may be empty.
     std::function<void(std::string_view)> on_problem;
+    /// With `check_repair::all`: write the refcount structure anew with this refcount_order
+    /// (0 to 6), as `amend` does to change the refcount width. Refused (`invalid_argument`)
+    /// when a refcount would not fit the new width.
+    std::optional<unsigned> refcount_order;
 };
 
 namespace detail {
@@ -90,6 +94,7 @@ public:
           counters_(counters) {
         fix_leaks_ = fix != check_repair::none;
         fix_errors_ = fix == check_repair::all;
+        out_order_ = fix_errors_ && opts.refcount_order ? *opts.refcount_order : h_.refcount_order;
         cb_ = h_.cluster_bits;
         cs_ = h_.cluster_size();
         nb_ = div_round_up(file_len_, cs_);
@@ -108,6 +113,16 @@ public:
         // A repair needs every stored refcount: one that could not be read would make it
         // "fix" COPIED flags and refcounts from a guess. Stop, with what went wrong.
         if (fix_leaks_ && rep_.first_check_error) return *rep_.first_check_error;
+        if (out_order_ != h_.refcount_order) {
+            // A new width: every refcount must fit it, then the structure is written anew.
+            const std::uint64_t top = refcount_max(out_order_);
+            for (std::uint64_t i = 0; i < nb_; ++i)
+                if (counters_[static_cast<std::size_t>(i)] > top)
+                    return error{errc::invalid_argument,
+                                 cat("cannot decrease refcount entry width to ", dec(refcount_width(out_order_)), " bits: cluster at offset ",
+                                     hex(i << cb_), " has a refcount of ", dec(counters_[static_cast<std::size_t>(i)]))};
+            rebuild_ = true;
+        }
         if (rebuild_ && fix_errors_) {
             const check_report old = rep_;
             std::uint64_t fresh_leaks = 0;
@@ -507,8 +522,8 @@ private:
     /// counted cluster of [first, end), a block holding the counted refcounts; blocks not yet
     /// in `table` are placed (`alloc_imrt`) and entered. Returns true when `table` grew.
     result<bool> write_refblocks(std::uint64_t first, std::uint64_t end, std::vector<std::uint64_t>& table) {
-        const std::uint64_t per_block = reader_.entries_per_block();
-        const unsigned order = h_.refcount_order;
+        const std::uint64_t per_block = refcount_entries_per_block(cb_, out_order_);
+        const unsigned order = out_order_;
         std::uint64_t first_free = 0;
         bool grown = false;
         std::vector<std::byte> block(static_cast<std::size_t>(cs_));
@@ -567,7 +582,7 @@ private:
         std::vector<std::byte> raw(table.size() * 8);
         for (std::size_t i = 0; i < table.size(); ++i) store_be64(raw, i * 8, table[i]);
         if (auto r = check_io(file_.write_at(table_offset, raw), "writing the rebuilt refcount table"); !r) return r;
-        return img_.replace_refcount_table(table_offset, static_cast<std::uint32_t>(table_clusters));
+        return img_.replace_refcount_table(table_offset, static_cast<std::uint32_t>(table_clusters), out_order_);
     }
 
     /// QEMU `check_oflag_copied`; with errors repaired, a wrong L1 entry is rewritten at once
@@ -670,6 +685,7 @@ private:
     bool fix_leaks_ = false;
     bool fix_errors_ = false;
     bool rebuild_ = false; ///< QEMU's `rebuild`: the refcount structure must be rebuilt
+    unsigned out_order_ = 4; ///< the refcount_order a rebuilt structure gets
     std::vector<std::byte> l2_buf_;
     std::vector<std::uint64_t> active_l1_;
     std::span<const std::byte> memo_;                 ///< the refcount block of `stored_memo`'s last lookup
