@@ -424,6 +424,10 @@ private:
             u.pos = pos;
             u.end = std::min(size, pos + unit_);
             u.zero = true;
+            // A zero run that covers whole units goes as one unit (a sparse terabyte is a few
+            // units, not a million hand-overs between the threads).
+            if (auto run = src_.status(pos, size - pos); run && run->zero() && run->length >= unit_)
+                u.end = run->length >= size - pos ? size : pos + run->length / unit_ * unit_;
             // The runs of the unit: only those that may hold data are read.
             runs_.clear();
             for (std::uint64_t at = pos; at < u.end;) {
