@@ -9948,7 +9948,7 @@ inline result<measurement> measure(const create_options& target, const measure_s
 /// | then | the refcount blocks, covering every cluster of the file |
 /// | then | the L1 table |
 /// | then | one L2 table per L1 entry that maps data, in L1 order |
-/// | then | the data clusters, in guest order |
+/// | then | the data clusters, in guest order (with compression, nearly: see below) |
 ///
 /// The refcount blocks count themselves and the table: their numbers are a fixed point, as
 /// `basic_image::create` computes them. Clusters that hold no data stay unallocated (the image
@@ -9964,17 +9964,23 @@ inline result<measurement> measure(const create_options& target, const measure_s
 /// again while it streams and checks that every length is the one measured (compression is
 /// deterministic for a codec at a fixed level; a source that changed between the passes is
 /// an error, not a corrupt image). The cost is a second read of the data and twice the
-/// compression time. Streams are packed back to back at byte offsets, as QEMU packs them; a
-/// cluster that does not shrink is stored plain, at the next cluster boundary (the rest of
-/// a partly filled cluster is left as zero padding, less than one cluster per switch from
-/// compressed to plain); a host cluster never takes more streams than its refcount width
+/// compression time. The data area is laid out as QEMU's allocator lays it out: streams are
+/// packed back to back at byte offsets (one may run on into the next cluster); a cluster
+/// that does not shrink is stored plain in the next free whole cluster, and when that comes
+/// while a compressed cluster is partly filled, the plain cluster is placed after it and
+/// the streams that follow fill the rest of it (the writer keeps up to 2 MiB of such plain
+/// clusters until the compressed cluster before them is full; past that, the compressed
+/// cluster is closed and its rest left as zero padding). So the file is about the size of
+/// `qemu-img convert -c`'s. A host cluster never takes more streams than its refcount width
 /// can count (with 1-bit refcounts each stream starts a cluster of its own). The file ends
 /// on a cluster boundary.
 ///
 /// **Memory.** The list of data clusters as runs of consecutive clusters (16 bytes per run),
 /// 4 bytes per data cluster with compression, one cluster for the metadata being written,
-/// and one batch of data (`batch_bytes`, 1 MiB by default, twice with compression). Nothing
-/// grows with the image otherwise.
+/// and one batch of data (`batch_bytes`, 1 MiB by default); with compression also the
+/// streams of one batch and a window of the data area (1 MiB gathered for the sink, 2 MiB
+/// of plain clusters waiting, two clusters), and a count per cluster of that window while
+/// the refcounts are written. Nothing grows with the image otherwise.
 ///
 /// @see qcow2 spec, "Host cluster management", "Cluster mapping", "Compressed clusters";
 ///      docs/all-zero-bit.md.
@@ -10061,43 +10067,81 @@ struct stream_layout {
 namespace detail {
 
 /**
- * Places the data clusters of a streamed image one after the other in its data area: plain
- * clusters on cluster boundaries, compressed streams packed at the next free byte, unless the
- * host cluster there already holds as many streams as its refcount can count.
+ * Places the data clusters of a streamed image in its data area, as QEMU's allocator would:
+ * compressed streams are packed at the next free byte of the open compressed cluster (a
+ * stream may run on into the next cluster, which then follows it at once), and a plain
+ * cluster takes the next free whole cluster. A plain cluster that comes while a compressed
+ * cluster is still open is placed after it and waits (the writer keeps it) until the open
+ * cluster is full, so that the streams after it fill the open cluster instead of leaving its
+ * rest empty; at most `deferred_max` bytes of plain clusters wait, then the open cluster is
+ * closed with its rest as zeroes. A cluster never takes more streams than `max_refcount`.
+ *
+ * Everything below `sealed()` is final and may be written out; the bytes between it and
+ * `end()` (the open cluster and the plain clusters after it) are at most one cluster plus
+ * `deferred_max`.
  */
 class stream_packer {
 public:
-    constexpr stream_packer(std::uint64_t cluster_size, std::uint64_t max_refcount) noexcept
-        : cs_(cluster_size), max_(max_refcount) {}
+    constexpr stream_packer(std::uint64_t cluster_size, std::uint64_t max_refcount, std::uint64_t deferred_max) noexcept
+        : cs_(cluster_size), max_(max_refcount), deferred_max_(deferred_max) {}
 
     /// The offset (from the start of the data area) of the next cluster: `length` bytes of
-    /// compressed stream, or a plain cluster when `length` is 0.
+    /// compressed stream (below the cluster size), or a plain cluster when `length` is 0.
     constexpr std::uint64_t place(std::uint64_t length) noexcept {
-        std::uint64_t start = pos_;
-        const bool inside = pos_ % cs_ != 0;
-        if (inside && (length == 0 || refs_ >= max_)) start = pos_ - pos_ % cs_ + cs_;
         if (length == 0) {
-            pos_ = start + cs_;
-            refs_ = 0;
-            return start;
+            if (open_ && deferred_ + cs_ > deferred_max_) close();
+            const std::uint64_t at = next_;
+            next_ += cs_;
+            if (open_) deferred_ += cs_;
+            return at;
         }
-        const std::uint64_t end = start + length;
-        const bool fresh = start % cs_ == 0;
-        if (end % cs_ == 0) refs_ = 0;                 // ends on a boundary: the next cluster starts empty
-        else if (end / cs_ != start / cs_) refs_ = 1; // runs into the next cluster, which now holds one stream
-        else refs_ = (fresh ? 0 : refs_) + 1;
-        pos_ = end;
-        return start;
+        if (open_ && refs_ < max_) {
+            const std::uint64_t at = open_at_ + used_;
+            if (used_ + length <= cs_) { // fits in the open cluster
+                used_ += length;
+                ++refs_;
+                if (used_ == cs_) close();
+                return at;
+            }
+            if (deferred_ == 0) { // runs on into a new cluster right after the open one
+                used_ = used_ + length - cs_;
+                open_at_ = next_;
+                next_ += cs_;
+                refs_ = 1;
+                return at;
+            }
+        }
+        close();
+        open_ = true;
+        open_at_ = next_;
+        next_ += cs_;
+        used_ = length;
+        refs_ = 1;
+        return open_at_;
     }
 
-    /// Bytes of the data area used so far.
-    constexpr std::uint64_t end() const noexcept { return pos_; }
+    /// Closes the open compressed cluster, if any: its rest stays zero.
+    constexpr void close() noexcept {
+        open_ = false;
+        used_ = refs_ = deferred_ = 0;
+    }
+
+    /// Bytes of the data area below this offset are final.
+    constexpr std::uint64_t sealed() const noexcept { return open_ ? open_at_ : next_; }
+
+    /// Bytes of the data area used so far (whole clusters).
+    constexpr std::uint64_t end() const noexcept { return next_; }
 
 private:
     std::uint64_t cs_;
     std::uint64_t max_;
-    std::uint64_t pos_ = 0;
-    std::uint64_t refs_ = 0; // streams in the cluster holding pos_, when pos_ is inside one
+    std::uint64_t deferred_max_;
+    std::uint64_t next_ = 0;     // the next free cluster
+    bool open_ = false;          // a compressed cluster takes more streams
+    std::uint64_t open_at_ = 0;  // its offset
+    std::uint64_t used_ = 0;     // its bytes used
+    std::uint64_t refs_ = 0;     // its streams
+    std::uint64_t deferred_ = 0; // bytes of plain clusters placed after it
 };
 
 /// The header of a streamed image (offsets still 0), with `create`'s checks and messages.
@@ -10372,7 +10416,7 @@ public:
             last_table = b;
         }
         // The data area: every placement, in order.
-        detail::stream_packer packer(cs, refcount_max(header_.refcount_order));
+        detail::stream_packer packer = make_packer();
         std::size_t ord = 0;
         for (const auto& r : runs_)
             for (std::uint64_t k = 0; k < r.count; ++k) packer.place(compressed_ ? lengths_[ord++] : 0);
@@ -10427,7 +10471,8 @@ public:
      * @brief Writes the whole image to `sink`, front to back (calls `finish` first if needed).
      * @param read reads the source, as for `measure`; called again for every data cluster.
      * @param sink takes the bytes in order: `stream_layout::file_size` bytes in all, in calls
-     *        of one cluster (metadata) or up to a batch (data).
+     *        of one cluster (metadata), up to a batch (plain data) or of about 1 MiB
+     *        (compressed data).
      * @param c compresses the data (compressed output); it must give the streams `measure`
      *        (or the caller's `add_cluster`) measured.
      * @param batch_bytes data read (and compressed) at a time (at least one cluster).
@@ -10438,6 +10483,9 @@ public:
      * the image.
      * @par I/O
      * Reads each data cluster once, in guest order, in runs of consecutive clusters.
+     * @par Memory
+     * One batch of data and what `c` keeps; with compression, a window of the data area
+     * (about 3 MiB and two clusters: see the file comment).
      */
     template <class Reader, class Sink, class Compressor>
         requires stream_reader<std::remove_cvref_t<Reader>> && stream_sink<std::remove_cvref_t<Sink>> &&
@@ -10481,6 +10529,11 @@ private:
     static constexpr std::uint32_t unmeasured = std::numeric_limits<std::uint32_t>::max();
     static constexpr std::uint64_t no_table = std::numeric_limits<std::uint64_t>::max();
     static constexpr std::size_t default_batch = std::size_t{1} << 20;
+    /// Plain clusters that may wait behind an open compressed cluster (part of the layout:
+    /// changing it changes the bytes written).
+    static constexpr std::uint64_t deferred_plain_bytes = std::uint64_t{2} << 20;
+    /// Final bytes of the data area gathered before a write to the sink, with compression.
+    static constexpr std::uint64_t flush_bytes = std::uint64_t{1} << 20;
 
     basic_stream_writer(qcow2::header h, std::uint64_t disk_size, bool compressed, const Allocator& alloc)
         : header_(std::move(h)), disk_size_(disk_size), compressed_(compressed), alloc_(alloc), runs_(run_alloc(alloc)),
@@ -10497,16 +10550,28 @@ private:
         return {};
     }
 
-    /// The data area's placements in guest order: `f(guest_cluster, offset_in_data_area, length)`
-    /// (length 0: a plain cluster). Stops at `f`'s first error.
+    /// The packer of the data area (see `detail::stream_packer`).
+    detail::stream_packer make_packer() const noexcept {
+        return detail::stream_packer(cluster_size(), refcount_max(header_.refcount_order), deferred_plain_bytes);
+    }
+
+    /// Bytes of the data area the writer keeps at a time with compression: the open
+    /// compressed cluster and the plain clusters waiting behind it, and up to `flush_bytes`
+    /// of final bytes (written out in one call to the sink), and one more cluster.
+    std::uint64_t window_bytes() const noexcept { return flush_bytes + deferred_plain_bytes + 2 * cluster_size(); }
+
+    /// The data area's placements in guest order: `f(guest_cluster, offset_in_data_area, length,
+    /// sealed)` (length 0: a plain cluster; bytes of the data area below `sealed` are then
+    /// final). Stops at `f`'s first error.
     template <class F>
     result<void> for_each_placement(F&& f) const {
-        detail::stream_packer packer(cluster_size(), refcount_max(header_.refcount_order));
+        detail::stream_packer packer = make_packer();
         std::size_t ord = 0;
         for (const auto& r : runs_)
             for (std::uint64_t g = r.first; g < r.first + r.count; ++g) {
                 const std::uint64_t n = compressed_ ? lengths_[ord++] : 0;
-                if (auto res = f(g, packer.place(n), n); !res) return res;
+                const std::uint64_t off = packer.place(n);
+                if (auto res = f(g, off, n, packer.sealed()); !res) return res;
             }
         return {};
     }
@@ -10552,24 +10617,28 @@ private:
             for (std::uint64_t i = 0; i < l.data_clusters; ++i)
                 if (auto r = put(1); !r) return r;
         } else {
-            // A host cluster's count is the number of placements touching it.
-            std::uint64_t cur = 0, refs = 0;
-            auto r = for_each_placement([&](std::uint64_t, std::uint64_t off, std::uint64_t n) -> result<void> {
-                const std::uint64_t c0 = off / cs, c1 = n ? (off + n - 1) / cs : c0;
-                for (; cur < c0; ++cur, refs = 0)
-                    if (auto e = put(refs); !e) return e;
-                ++refs;
-                if (c1 > c0 || n == 0) {
-                    if (auto e = put(refs); !e) return e;
-                    cur = c0 + 1;
-                    refs = 0;
-                    if (c1 > c0) refs = 1;
+            // A host cluster's count is the number of placements touching it; the counts of
+            // the clusters not yet final wait in a ring, as the data does in `write_data`.
+            const std::uint64_t slots = window_bytes() / cs;
+            std::vector<std::uint64_t, u64_alloc> counts(static_cast<std::size_t>(slots), 0, u64_alloc(alloc_));
+            std::uint64_t front = 0; // clusters of the data area counted
+            auto count_to = [&](std::uint64_t end_cluster) -> result<void> {
+                for (; front < end_cluster; ++front) {
+                    std::uint64_t& c = counts[static_cast<std::size_t>(front % slots)];
+                    if (auto e = put(c); !e) return e;
+                    c = 0;
                 }
                 return {};
+            };
+            auto r = for_each_placement([&](std::uint64_t, std::uint64_t off, std::uint64_t n, std::uint64_t sealed) -> result<void> {
+                const std::uint64_t c0 = off / cs, c1 = n ? (off + n - 1) / cs : c0;
+                if (c0 < front || c1 >= front + slots)
+                    return error{errc::invalid_argument, "a streamed cluster falls outside the writer's window"};
+                for (std::uint64_t c = c0; c <= c1; ++c) ++counts[static_cast<std::size_t>(c % slots)];
+                return count_to(sealed / cs);
             });
             if (!r) return r;
-            if (refs)
-                if (auto e = put(refs); !e) return e;
+            if (auto e = count_to(l.data_clusters); !e) return e;
         }
         if (k != data_at + l.data_clusters)
             return error{errc::invalid_argument, "the streamed image's refcounts do not cover its data area"};
@@ -10607,7 +10676,7 @@ private:
         const std::uint64_t esz = header_.l2_entry_size();
         std::uint64_t table = no_table;
         std::fill(buf.begin(), buf.end(), std::byte{0});
-        auto r = for_each_placement([&](std::uint64_t g, std::uint64_t off, std::uint64_t n) -> result<void> {
+        auto r = for_each_placement([&](std::uint64_t g, std::uint64_t off, std::uint64_t n, std::uint64_t) -> result<void> {
             if (g / ept != table) {
                 if (table != no_table)
                     if (auto e = out(buf); !e) return e;
@@ -10692,27 +10761,36 @@ private:
                                       return out(data);
                                   });
         }
-        // Packed output is gathered into batches too, so that the sink gets large writes.
-        const std::size_t cap = std::max<std::size_t>(batch_bytes, static_cast<std::size_t>(cs));
-        bytes pending{byte_alloc(alloc_)};
-        pending.reserve(cap);
-        std::uint64_t at = 0; // bytes of the data area written
-        detail::stream_packer packer(cs, refcount_max(header_.refcount_order));
-        auto put = [&](std::span<const std::byte> b) -> result<void> {
-            if (pending.size() + b.size() > cap) {
-                if (auto r = out(pending); !r) return r;
-                pending.clear();
+        // The data area goes through a ring of `window_bytes()`: each cluster's bytes are put
+        // where the packer placed them, and the ring is written out from `front` up to what
+        // the packer has sealed, `flush_bytes` or more at a time (bytes never filled are the
+        // zero padding of a closed compressed cluster).
+        const std::uint64_t ring_size = window_bytes();
+        bytes ring(static_cast<std::size_t>(ring_size), std::byte{0}, byte_alloc(alloc_));
+        std::uint64_t front = 0; // bytes of the data area written
+        auto write_to = [&](std::uint64_t to) -> result<void> {
+            while (front < to) {
+                const auto at = static_cast<std::size_t>(front % ring_size);
+                const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(to - front, ring_size - at));
+                const auto part = std::span(ring).subspan(at, n);
+                if (auto r = out(std::span<const std::byte>(part)); !r) return r;
+                std::fill(part.begin(), part.end(), std::byte{0});
+                front += n;
             }
-            pending.insert(pending.end(), b.begin(), b.end());
-            at += b.size();
             return {};
         };
-        auto pad_to = [&](std::uint64_t to) -> result<void> {
-            static constexpr std::byte zeroes[512] = {};
-            while (at < to)
-                if (auto r = put(std::span(zeroes).first(static_cast<std::size_t>(std::min<std::uint64_t>(sizeof zeroes, to - at)))); !r) return r;
+        auto put = [&](std::uint64_t off, std::span<const std::byte> b) -> result<void> {
+            if (off < front || off + b.size() > front + ring_size)
+                return error{errc::invalid_argument, "a streamed cluster falls outside the writer's window"};
+            for (std::size_t done = 0; done < b.size();) {
+                const auto at = static_cast<std::size_t>((off + done) % ring_size);
+                const std::size_t n = std::min(b.size() - done, static_cast<std::size_t>(ring_size) - at);
+                std::copy_n(b.begin() + static_cast<std::ptrdiff_t>(done), n, ring.begin() + static_cast<std::ptrdiff_t>(at));
+                done += n;
+            }
             return {};
         };
+        detail::stream_packer packer = make_packer();
         auto r = for_each_batch(
             read, batch_bytes, [](std::size_t) { return true; },
             [&](std::span<const std::byte> data, std::span<const std::uint64_t> guest, std::span<const std::size_t> ords) -> result<void> {
@@ -10726,15 +10804,14 @@ private:
                                                  detail::dec(s.size()), " bytes, ", detail::dec(want),
                                                  " when measured (0: not compressed): the source changed, or the compressor differs")};
                     const std::uint64_t off = packer.place(want);
-                    if (auto e = pad_to(off); !e) return e;
-                    if (auto e = put(want ? s : data.subspan(i * static_cast<std::size_t>(cs), static_cast<std::size_t>(cs))); !e) return e;
+                    if (auto e = put(off, want ? s : data.subspan(i * static_cast<std::size_t>(cs), static_cast<std::size_t>(cs))); !e) return e;
+                    if (packer.sealed() - front >= flush_bytes)
+                        if (auto e = write_to(packer.sealed()); !e) return e;
                 }
                 return {};
             });
         if (!r) return r;
-        if (auto e = pad_to(layout_.data_clusters * cs); !e) return e;
-        if (!pending.empty()) return out(pending);
-        return {};
+        return write_to(layout_.data_clusters * cs);
     }
 
     qcow2::header header_;
