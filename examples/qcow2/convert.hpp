@@ -15,6 +15,14 @@
 // skipped (a new image reads as zero), the others written, or with -c written compressed
 // with the image's codec (-o compression_type=). One thread writes.
 //
+// -O qcow2 onto a stream (DST "-" for stdout, or a pipe or character device by name): the
+// image is written front to back by `qcow2::stream_writer` (metadata first, then the data
+// clusters in guest order; no seek), after a first pass over SRC that finds the clusters
+// holding data and, with -c, the length of each one's compressed stream; the second pass
+// reads (and compresses) them again as it writes. The same SRC and options give the same
+// bytes. What cannot be streamed is refused: -n, backing files, data_file, preallocation
+// other than off, and a terminal as stdout.
+//
 // -n: DST exists and is written over (no -o); it must be at least as large as SRC. Ranges
 // that read as zeroes in SRC are zeroed in DST, so that DST reads exactly as SRC.
 // -p prints qemu-img's progress; messages and exit status (0, or 1 on error) are qemu-img's.
@@ -57,6 +65,15 @@ public:
     /// Creates or truncates `path`; a regular file is sized to `size`. Prints the error on failure.
     static std::optional<raw_output> create(const std::string& path, std::uint64_t size) {
         raw_output o;
+        if (path == "-") { // stdout, written in order whatever it is
+            o.fd_ = ::dup(STDOUT_FILENO);
+            if (o.fd_ < 0) {
+                fail("-: error while converting raw: " + std::string(std::strerror(errno)));
+                return std::nullopt;
+            }
+            o.sequential_ = true;
+            return o;
+        }
         do {
             o.fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         } while (o.fd_ < 0 && errno == EINTR);
@@ -610,6 +627,203 @@ inline std::string convert_to_qcow2(disk& src, qcow2::zeroed<qcow2::image>&& dst
     return copy_into_qcow2(src, *out, reads_zero, compressed, meter);
 }
 
+/// True when DST is a stream, written in order only: "-" (stdout), or a pipe or character
+/// device given by name (`/dev/stdout` when it is a pipe, a FIFO made with mkfifo).
+inline bool is_stream_destination(const std::string& path) {
+    if (path == "-") return true;
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode));
+}
+
+/// A stream destination: stdout ("-"), or a pipe or character device opened by name.
+class stream_output {
+public:
+    /// Opens `path` (stdout for "-") for writing; prints the error on failure.
+    static std::optional<stream_output> open(const std::string& path) {
+        stream_output o;
+        if (path == "-") {
+            o.fd_ = STDOUT_FILENO;
+            return o;
+        }
+        do {
+            o.fd_ = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+        } while (o.fd_ < 0 && errno == EINTR);
+        if (o.fd_ < 0) {
+            fail("Could not open '" + path + "': " + std::strerror(errno));
+            return std::nullopt;
+        }
+        o.owned_ = true;
+        return o;
+    }
+
+    stream_output(stream_output&& o) noexcept
+        : fd_(std::exchange(o.fd_, -1)), owned_(std::exchange(o.owned_, false)), written_(o.written_) {}
+    stream_output& operator=(stream_output&&) = delete;
+    ~stream_output() {
+        if (owned_ && fd_ >= 0) ::close(fd_);
+    }
+
+    /// True when the destination is a terminal.
+    bool is_terminal() const noexcept { return ::isatty(fd_) == 1; }
+
+    /// Writes all of `in` after what was written before; the error message, empty on success.
+    std::string write(std::span<const std::byte> in) {
+        const std::byte* p = in.data();
+        std::size_t left = in.size();
+        while (left > 0) {
+            const ssize_t r = ::write(fd_, p, left);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {
+                const int e = r < 0 ? errno : EIO;
+                return "error while writing at byte " + std::to_string(written_) + ": " + std::strerror(e);
+            }
+            const auto n = static_cast<std::size_t>(r);
+            p += n;
+            left -= n;
+            written_ += n;
+        }
+        return {};
+    }
+
+    /// Closes a destination opened by name (stdout stays open), reporting a failure of close.
+    std::error_code close() {
+        if (!owned_) return {};
+        owned_ = false;
+        const int fd = std::exchange(fd_, -1);
+        if (fd >= 0 && ::close(fd) != 0 && errno != EINTR) return {errno, std::system_category()};
+        return {};
+    }
+
+private:
+    stream_output() = default;
+    int fd_ = -1;
+    bool owned_ = false;
+    std::uint64_t written_ = 0;
+};
+
+/// `parallel_compressor` as the library's `batch_compressor`; its error message goes to `failure`.
+struct parallel_batch_compressor {
+    parallel_compressor& squeeze;
+    std::string& failure;
+    qcow2::result<void> compress(std::span<const std::byte> clusters, std::size_t cluster_size) {
+        if (std::string err = squeeze.run(clusters, clusters.size() / cluster_size); !err.empty()) {
+            failure = "error while compressing: " + err;
+            return qcow2::error{qcow2::errc::invalid_compressed_data, err};
+        }
+        return {};
+    }
+    std::span<const std::byte> stream(std::size_t i) const { return squeeze.stream(i); }
+};
+static_assert(qcow2::batch_compressor<parallel_batch_compressor>);
+
+/**
+ * The first pass of a streamed convert: tells `w` which clusters of `src` hold data (those
+ * the metadata does not say read as zeroes and a scan does not find all zeroes) and, with
+ * `squeeze`, the length of each one's compressed stream. Progress runs to half of `total`
+ * (the second pass does the other half).
+ * The error message, empty on success.
+ */
+inline std::string scan_for_stream(disk& src, qcow2::stream_writer& w, parallel_compressor* squeeze, progress_meter& meter,
+                                   std::uint64_t total) {
+    const std::uint64_t cs = w.cluster_size();
+    const std::uint64_t unit = std::max<std::uint64_t>(cs, squeeze ? std::uint64_t{1} << 20 : std::uint64_t{2} << 20);
+    read_ahead reader(src, unit);
+    while (auto u = reader.next()) {
+        if (!u->error.empty()) return u->error;
+        const std::span<const std::byte> data = u->bytes;
+        for (std::uint64_t at = u->pos; !u->zero && at < u->end;) {
+            const auto cluster_at = [&](std::uint64_t p) {
+                return data.subspan(static_cast<std::size_t>(p - u->pos), static_cast<std::size_t>(std::min(cs, u->end - p)));
+            };
+            if (is_zero(cluster_at(at))) {
+                at += cs;
+                continue;
+            }
+            std::uint64_t end = at + cs; // a run of clusters that hold data
+            while (end < u->end && !is_zero(cluster_at(end))) end += cs;
+            end = std::min(end, u->end);
+            const std::uint64_t count = (end - at + cs - 1) / cs;
+            qcow2::result<void> r;
+            if (!squeeze) {
+                r = w.add_clusters(at / cs, count);
+            } else {
+                const auto part = data.subspan(static_cast<std::size_t>(at - u->pos), static_cast<std::size_t>(end - at));
+                if (std::string err = squeeze->run(part, static_cast<std::size_t>(count)); !err.empty())
+                    return "error while compressing: " + err;
+                for (std::size_t i = 0; r && i < count; ++i) r = w.add_cluster(at / cs + i, squeeze->stream(i).size());
+            }
+            if (!r) return r.error().what();
+            at = end;
+        }
+        meter.update(u->end, total);
+        if (u->data.empty()) disk::release(u->bytes); // the mapped raw file
+        reader.recycle(std::move(u->data));
+    }
+    return {};
+}
+
+/**
+ * `convert -O qcow2 SRC DST` onto a stream DST (`-`, a pipe, a character device): a new
+ * image written front to back by `qcow2::stream_writer`, after a first pass over SRC that
+ * finds its data clusters (and, with `compressed`, measures their compressed streams); the
+ * second pass reads them again (and compresses them again) as it writes. The same SRC and
+ * options give the same bytes. Returns the exit status; errors are printed.
+ */
+inline int convert_to_stream(disk& src, const std::string& dst, const std::vector<std::string>& lists, bool compressed,
+                             bool show_progress) {
+    create_opts opts;
+    for (const auto& l : lists)
+        if (std::string err = opts.parse(l); !err.empty()) return fail(err), 1;
+    if (opts.has("backing_file"))
+        return fail(dst + ": error while converting qcow2: a streamed image cannot have a backing file (-o backing_file)"), 1;
+    opts.set_number("size", src.size());
+    if (const auto* p = opts.text("preallocation"); compressed && p && *p != "off")
+        return fail("Compression and preallocation not supported at the same time"), 1;
+    qcow2::create_options o;
+    if (std::string err = opts.to_library(o); !err.empty()) return fail(dst + ": error while converting qcow2: " + err), 1;
+    if (compressed && !qcow2::codec::cluster_compressor::available(o.compression_type))
+        return fail(dst + ": error while converting qcow2: compression type not supported by this build"), 1;
+    auto w = qcow2::stream_writer::make(o, src.size(), compressed);
+    if (!w) return fail(dst + ": error while converting qcow2: " + create_error_text(w.error(), o)), 1;
+    auto out = stream_output::open(dst);
+    if (!out) return 1;
+    if (out->is_terminal())
+        return fail(dst + ": error while converting qcow2: refusing to write a qcow2 image to a terminal (redirect it to a file or a pipe)"), 1;
+
+    const std::uint64_t size = src.size(), total = 2 * size;
+    progress_meter meter(show_progress);
+    std::optional<parallel_compressor> squeeze;
+    if (compressed) squeeze.emplace(o.compression_type, w->cluster_size());
+    if (std::string err = scan_for_stream(src, *w, compressed ? &*squeeze : nullptr, meter, total); !err.empty())
+        return fail(err), 1;
+    if (auto l = w->finish(); !l) return fail(dst + ": error while converting qcow2: " + create_error_text(l.error(), o)), 1;
+
+    std::string failure; // the reader's, sink's or compressor's message, in the words of convert
+    auto read = [&](std::uint64_t at, std::span<std::byte> buf) -> qcow2::result<void> {
+        auto r = src.read(at, buf);
+        if (!r) {
+            failure = "error while reading at byte " + std::to_string(at) + ": " + r.error().what();
+            return r;
+        }
+        meter.update(size + at + buf.size(), total);
+        return {};
+    };
+    auto sink = [&](std::span<const std::byte> b) -> qcow2::result<void> {
+        if (std::string err = out->write(b); !err.empty()) {
+            failure = std::move(err);
+            return qcow2::error{qcow2::errc::io_error, failure};
+        }
+        return {};
+    };
+    qcow2::result<void> r;
+    if (compressed) r = w->write(read, sink, parallel_batch_compressor{*squeeze, failure}, std::size_t{1} << 20);
+    else r = w->write(read, sink, qcow2::serial_compressor(o.compression_type), std::size_t{2} << 20);
+    if (!r) return fail(failure.empty() ? r.error().what() : failure), 1;
+    if (auto ec = out->close()) return fail("error while closing '" + dst + "': " + ec.message()), 1;
+    meter.finish();
+    return 0;
+}
+
 inline int convert_command(const std::vector<std::string>& args) {
     std::string in_format, out_format = "raw", value;
     std::vector<std::string> lists;
@@ -668,6 +882,11 @@ inline int convert_command(const std::vector<std::string>& args) {
     auto src = disk::open(files[0], in_format);
     if (!src) return 1;
     if (out_format != "raw" && out_format != "qcow2") return fail("Unknown file format '" + out_format + "'"), 1;
+    // A stream (stdout as "-", a pipe, a character device) takes a qcow2 image written front to back.
+    if (out_format == "qcow2" && is_stream_destination(dst)) {
+        if (skip_create) return fail("convert: -n cannot write over a stream ('" + dst + "')"), 1;
+        return convert_to_stream(*src, dst, lists, compressed, show_progress);
+    }
 
     if (out_format == "raw") {
         if (!lists.empty()) return fail("convert: -o is supported with -O qcow2 only"), 1;

@@ -52,6 +52,7 @@
 #include "qcow2/ops/map.hpp"
 #include "qcow2/ops/check.hpp"
 #include "qcow2/ops/measure.hpp"
+#include "qcow2/ops/stream.hpp"
 
 namespace qcow2 {
 /// An image in a local file.
