@@ -7365,7 +7365,7 @@ public:
         if (granularity > (std::uint64_t{1} << 31)) return error{errc::invalid_argument, "Granularity exceeds maximum (2147483648 bytes)"};
         for (const auto& b : bitmaps_)
             if (b.name == name) return error{errc::invalid_argument, cat("Bitmap already exists: ", name)};
-        if (header_.version < 3) return error{errc::not_supported, "Cannot store dirty bitmaps in qcow2 v2 files"};
+        if (header_.version < 3) return error{errc::not_supported, cat("Can't make bitmap '", name, "' persistent: Cannot store dirty bitmaps in qcow2 v2 files")};
         if (name.size() > limits::max_bitmap_name)
             return error{errc::invalid_argument, cat("Can't make bitmap '", name, "' persistent: Name length exceeds maximum (1023 characters)")};
         bitmap_entry e;
@@ -9130,10 +9130,14 @@ private:
         if (auto r = check_io(file_.flush(), "flushing the new bitmap directory"); !r) return r;
         // A directory without the autoclear bit was left by a writer that did not maintain
         // it: its clusters may have been reused since (QEMU leaks them too).
-        const std::optional<bitmaps_extension> old = (header_.autoclear_features & features::bitmaps::mask) ? header_.bitmaps() : std::nullopt;
+        std::uint64_t old_at = 0, old_bytes = 0;
+        if (const auto old = header_.bitmaps(); old && (header_.autoclear_features & features::bitmaps::mask)) {
+            old_at = old->directory_offset;
+            old_bytes = old->directory_size;
+        }
         if (auto r = swap_header(std::move(h)); !r) return r;
         fresh.clear(); // referenced now
-        if (old && old->directory_size) defer_release(old->directory_offset >> cb, detail::div_round_up(old->directory_size, cs));
+        if (old_bytes) defer_release(old_at >> cb, detail::div_round_up(old_bytes, cs));
         bitmaps_ = std::move(entries);
         rebuild_metadata_index();
         return {};
