@@ -100,7 +100,10 @@ TEST_CASE("bitmaps: add, remove, clear, enable, disable, merge", "[bitmap]") {
     for (const std::uint64_t cs : {65536u, 512u}) {
         CAPTURE(cs);
         mem_image img = make(3 << 20, cs);
-        REQUIRE(img.add_bitmap("a"));
+        REQUIRE(img.add_bitmap("dflt")); // QEMU's default: the cluster size within 4 KiB to 64 KiB
+        CHECK(img.bitmaps()[0].granularity() == (cs == 512 ? 4096 : 65536));
+        REQUIRE(img.remove_bitmap("dflt"));
+        REQUIRE(img.add_bitmap("a", 65536));
         REQUIRE(img.add_bitmap("fine", 512, false));
         require_clean(img);
         REQUIRE(img.bitmaps().size() == 2);

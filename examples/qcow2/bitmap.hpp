@@ -4,10 +4,10 @@
 //
 // Changes the persistent dirty bitmaps of a qcow2 image as `qemu-img bitmap` (7.2) does: the
 // actions are applied to BITMAP in the order given (--add makes an enabled bitmap of
-// GRANULARITY, 64 KiB by default; --merge SOURCE sets in BITMAP every granule the bitmap
-// SOURCE marks, SOURCE taken from SOURCE_FILE when -b names one), and the first that fails
-// stops the command with qemu-img's "Operation ACTION on bitmap BITMAP failed: ..." (what
-// came before it stays done). Exit status 0, or 1 on error.
+// GRANULARITY, by default the cluster size within 4 KiB to 64 KiB, as in qemu-img; --merge SOURCE sets in BITMAP every
+// granule the bitmap SOURCE marks, SOURCE taken from SOURCE_FILE when -b names one), and the first that fails stops the
+// command with qemu-img's "Operation ACTION on bitmap BITMAP failed: ..." (what came before it stays done). Exit status
+// 0, or 1 on error.
 #pragma once
 
 #include "common.hpp"
@@ -21,17 +21,17 @@
 namespace cli {
 
 inline void bitmap_usage() {
-    std::printf(
-        "usage: qcow2 bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)...\n"
-        "                    [-b SOURCE_FILE [-F SOURCE_FMT]] [-g GRANULARITY] [-f FMT] FILE BITMAP\n\n"
-        "Applies the actions, in order, to the persistent bitmap BITMAP of the qcow2 image FILE:\n"
-        "  --add           a new enabled bitmap (granularity -g, default 64 KiB, a power of two from 512 to 2G)\n"
-        "  --remove        removes it and frees its clusters\n"
-        "  --clear         clears its bits\n"
-        "  --enable        guest writes set its bits\n"
-        "  --disable       guest writes leave it as it is\n"
-        "  --merge SOURCE  sets its bits for every granule the bitmap SOURCE marks (of FILE, or of\n"
-        "                  SOURCE_FILE given with -b; SOURCE_FMT qcow2, probed when not given)\n");
+    std::printf("usage: qcow2 bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)...\n"
+                "                    [-b SOURCE_FILE [-F SOURCE_FMT]] [-g GRANULARITY] [-f FMT] FILE BITMAP\n\n"
+                "Applies the actions, in order, to the persistent bitmap BITMAP of the qcow2 image FILE:\n"
+                "  --add           a new enabled bitmap (granularity -g: a power of two from 512 to 2G; by default\n"
+                "                  the cluster size within 4k to 64k)\n"
+                "  --remove        removes it and frees its clusters\n"
+                "  --clear         clears its bits\n"
+                "  --enable        guest writes set its bits\n"
+                "  --disable       guest writes leave it as it is\n"
+                "  --merge SOURCE  sets its bits for every granule the bitmap SOURCE marks (of FILE, or of\n"
+                "                  SOURCE_FILE given with -b; SOURCE_FMT qcow2, probed when not given)\n");
 }
 
 inline int bitmap_command(const std::vector<std::string>& args) {
@@ -120,7 +120,11 @@ inline int bitmap_command(const std::vector<std::string>& args) {
 
     auto img = open_image(path, format, true);
     if (!img) return 1;
-    const auto failed = [&](const char* op, const std::string& why) {
+    const auto failed = [&](const char* op, std::string why) {
+        // qemu-img names the image (its block node) where a bitmap cannot be made persistent.
+        if (const auto p = why.find("' persistent: ");
+            why.rfind("Can't make bitmap '", 0) == 0 && p != std::string::npos)
+            why.replace(p, 14, "' persistent in '" + path + "': ");
         fail(std::string("Operation ") + op + " on bitmap " + name + " failed: " + why);
         return 1;
     };
@@ -141,7 +145,7 @@ inline int bitmap_command(const std::vector<std::string>& args) {
         switch (act.k) {
         case kind::add:
             op = "add";
-            r = image.add_bitmap(name, granularity ? granularity : 65536, true);
+            r = image.add_bitmap(name, granularity, true); // 0: the default for the image, as in qemu-img
             break;
         case kind::remove:
             op = "remove";

@@ -769,6 +769,8 @@ public:
 
     /**
      * @brief Adds an empty bitmap (`qemu-img bitmap --add [-g granularity] [--disable]`).
+     * @param granularity bytes of guest disk one bit covers; 0: QEMU's default, the cluster
+     *        size within 4 KiB to 64 KiB.
      * @param enabled QEMU's "auto" flag: guest writes set its bits.
      * @par Errors
      * `invalid_argument` with qemu-img's words for an empty or taken name, a name over 1023
@@ -776,9 +778,10 @@ public:
      * refuse, 65535 bitmaps already, or a directory over its limit; `not_supported` for a
      * version 2 image or an image type that does not maintain bitmaps; I/O errors.
      */
-    result<void> add_bitmap(std::string_view name, std::uint64_t granularity = 65536, bool enabled = true) {
+    result<void> add_bitmap(std::string_view name, std::uint64_t granularity = 0, bool enabled = true) {
         using detail::cat;
         if (auto r = check_bitmap_modify(); !r) return r;
+        if (granularity == 0) granularity = std::clamp<std::uint64_t>(cluster_size(), 4096, 65536);
         if (name.empty()) return error{errc::invalid_argument, "Bitmap name cannot be empty"};
         if (granularity < 512 || (granularity & (granularity - 1)))
             return error{errc::invalid_argument, "Granularity must be power of 2 and at least 512"};
