@@ -83,6 +83,16 @@ json::value format_data(const std::string& dir, const std::string& file) {
     return json::parse(fs->find("data")->dump());
 }
 
+/// `qcow2 info --output=json` lists the bitmaps of `file` as `qemu-img info` does.
+void require_info_lists_bitmaps(const std::string& dir, const std::string& file) {
+    const auto theirs = format_data(dir, file);
+    const auto j = json::parse(must_run({QCOW2_TEST_CLI, "info", "--output=json", file}, dir).out);
+    const auto* ours = j.find("format-specific")->find("data")->find("bitmaps");
+    const auto* want = theirs.find("bitmaps");
+    REQUIRE((ours == nullptr) == (want == nullptr));
+    if (want) CHECK(json::differences(*want, *ours).empty());
+}
+
 /// The bitmaps of `file` as the library reads them: name, flags, granularity and bits.
 struct read_bitmaps {
     std::vector<qcow2::bitmap_entry> entries;
@@ -310,6 +320,7 @@ TEST_CASE("bitmaps: the library's writes keep enabled bitmaps as QEMU keeps them
             REQUIRE(after.entries.size() == 5);
             CHECK(after.bits[4].bytes == after.bits[0].bytes);
             require_clean(d, "m.qcow2", "QEMU's merge");
+            require_info_lists_bitmaps(d, "m.qcow2");
             must_run({"rm", "q.qcow2", "m.qcow2"}, d);
         }
     }
@@ -338,6 +349,7 @@ TEST_CASE("bitmaps: an image left open is reported in use, and can be removed", 
     REQUIRE(flags.size() == 2);
     CHECK(flags[0].as_string() == "in-use");
     CHECK(flags[1].as_string() == "auto");
+    require_info_lists_bitmaps(d, "crashed.qcow2");
     // The library refuses to use it, as QEMU does; both may remove it.
     must_run({"cp", "crashed.qcow2", "crashed2.qcow2"}, d);
     const auto q = qcow2_test::run({"qemu-img", "bitmap", "--clear", "crashed.qcow2", "b"}, d);
