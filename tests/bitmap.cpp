@@ -180,8 +180,6 @@ TEST_CASE("bitmaps: refusals in qemu-img's words", "[bitmap]") {
     QCOW2_REQUIRE_ERROR(
         img.merge_bitmap("b", other), errc::invalid_argument,
         "Bitmaps are of different sizes (destination size is 1048576, source size is 2097152) and can't be merged");
-    QCOW2_REQUIRE_ERROR(img.resize(2 << 20), errc::not_supported,
-                        "resizing an image with persistent bitmaps is not built");
     require_clean(img);
 
     mem_image v2 = make(1 << 20, 65536, 2);
@@ -242,4 +240,39 @@ TEST_CASE("bitmaps: in use on disk while a writer has them, consistent after clo
     REQUIRE(on);
     CHECK(set_bits(*on) == std::vector<std::uint64_t>{48});
     CHECK(c->read_bitmap("off")->dirty_bits() == 0);
+}
+
+TEST_CASE("bitmaps: a resize takes them along (new granules clean, those past the end dropped)", "[bitmap]") {
+    mem_image img = make(1 << 20);
+    REQUIRE(img.add_bitmap("b", 4096));
+    REQUIRE(img.add_bitmap("off", 65536, false));
+    std::vector<std::byte> d(4096, std::byte{3});
+    REQUIRE(img.write(0, d));
+    REQUIRE(img.write((1 << 20) - 4096, d));
+    REQUIRE(img.resize(3 << 20)); // grows while the bits are in memory
+    auto b = img.read_bitmap("b");
+    REQUIRE(b);
+    CHECK(b->disk_size == 3 << 20);
+    CHECK(set_bits(*b) == std::vector<std::uint64_t>{0, 255});
+    CHECK(img.bitmaps()[0].flags == qcow2::bitmap_flags::auto_);
+    CHECK(img.bitmaps()[0].table_size == qcow2::bitmap_table_entries(3 << 20, 12, 65536));
+    REQUIRE(img.write(2 << 20, d));
+    require_clean(img);
+    REQUIRE(img.resize((1 << 20) - 512)); // shrinks: the last granule is partial now
+    b = img.read_bitmap("b");
+    REQUIRE(b);
+    CHECK(set_bits(*b) == std::vector<std::uint64_t>{0, 255});
+    CHECK(img.read_bitmap("off")->count() == 16);
+    require_clean(img);
+    REQUIRE(img.close());
+    auto again = reopen(bytes_of(img));
+    REQUIRE(again);
+    CHECK(set_bits(*again->read_bitmap("b")) == std::vector<std::uint64_t>{0, 255});
+    // An inconsistent bitmap stops a resize, as in QEMU.
+    REQUIRE(img.write(0, d));
+    auto left_open = reopen(bytes_of(img), true);
+    REQUIRE(left_open);
+    QCOW2_REQUIRE_ERROR(left_open->resize(2 << 20), errc::invalid_argument,
+                        "Bitmap 'b' is inconsistent and cannot be used");
+    CHECK(left_open->size() == (1 << 20) - 512);
 }

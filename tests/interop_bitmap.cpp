@@ -365,3 +365,29 @@ TEST_CASE("bitmaps: an image left open is reported in use, and can be removed", 
     CHECK(closed.bits[0].dirty_bits() == 1);
     CHECK(closed.entries[0].flags == qcow2::bitmap_flags::auto_);
 }
+
+TEST_CASE("bitmaps: resize takes them along as qemu-img resize does", "[interop]") {
+    require_qemu();
+    qcow2_test::temp_dir dir("qcow2-bitmap-resize-");
+    const std::string d = dir.path();
+    must_run({"qemu-img", "create", "-q", "-f", "qcow2", "q.qcow2", "20M"}, d);
+    must_run({"qemu-img", "bitmap", "--add", "-g", "4k", "q.qcow2", "fine"}, d);
+    must_run({"qemu-img", "bitmap", "--add", "-g", "2M", "q.qcow2", "coarse"}, d);
+    must_run({"qemu-img", "bitmap", "--add", "--disable", "q.qcow2", "off"}, d);
+    must_run({"qemu-io", "-c", "write 0 64k", "-c", "write 19M 1M", "-c", "write 7M 5000", "q.qcow2"}, d);
+    must_run({"cp", "q.qcow2", "m.qcow2"}, d);
+    const std::vector<argv_t> resizes{{"30M"}, {"--shrink", "7341568"}, {"+1000k"}}; // 7M + 512, then grown
+    for (const auto& args : resizes) {
+        argv_t q{"qemu-img", "resize", "-q"}, m{QCOW2_TEST_CLI, "resize", "-q"};
+        q.insert(q.end(), args.begin(), args.end() - 1);
+        m.insert(m.end(), args.begin(), args.end() - 1);
+        q.insert(q.end(), {"q.qcow2", args.back()});
+        m.insert(m.end(), {"m.qcow2", args.back()});
+        must_run(q, d);
+        must_run(m, d);
+        require_clean(d, "m.qcow2", command_line(m));
+        require_same_bitmaps(d, "q.qcow2", "m.qcow2", command_line(m));
+        write_both(d, "q.qcow2", "m.qcow2", "write 6M 1000000");
+        require_same_bitmaps(d, "q.qcow2", "m.qcow2", "a write after " + command_line(m));
+    }
+}

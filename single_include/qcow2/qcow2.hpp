@@ -7104,15 +7104,14 @@ public:
         if (new_size % 512) return error{errc::invalid_argument, cat("the new size ", dec(new_size), " is not a multiple of 512")};
         if (header_.version == 2 && !snapshots_.empty())
             return error{errc::not_supported, "a version 2 image with internal snapshots cannot be resized"};
-        if (!bitmaps_.empty() && new_size != header_.size)
-            return error{errc::not_supported, "resizing an image with persistent bitmaps is not built (remove the bitmaps first)"};
         const std::uint64_t need = detail::div_round_up(new_size, header_.l1_entry_coverage());
         if (need * 8 > limits::max_l1_bytes)
             return error{errc::image_too_large, cat("a virtual size of ", dec(new_size), " bytes needs an L1 table of ", dec(need * 8),
                                                     " bytes, more than 32 MiB")};
         if (new_size == header_.size) return {};
+        if (auto r = check_bitmaps_resizable(new_size); !r) return r;
         if (auto r = prepare_modify(false); !r) return r;
-        return guarded(resize_impl(new_size));
+        return guarded(resize_with_bitmaps(new_size));
     }
 
     /**
@@ -7215,6 +7214,8 @@ public:
             if (header_.bitmaps()) return error{errc::not_supported, "cannot downgrade an image with bitmaps"};
             if (!snapshots_.empty()) return error{errc::not_supported, "downgrading an image with internal snapshots is not built"};
         }
+        if (o.size && *o.size != header_.size)
+            if (auto r = check_bitmaps_resizable(*o.size); !r) return r;
         if (auto r = prepare_modify(false); !r) return r;
         return guarded(amend_impl(o, target));
     }
@@ -7296,7 +7297,7 @@ public:
         const auto i = find_snapshot(id_or_name);
         if (!i) return i.error();
         if (const auto size = snapshots_[*i].disk_size(); size && *size != header_.size && !bitmaps_.empty())
-            return error{errc::not_supported, "resizing an image with persistent bitmaps is not built (remove the bitmaps first)"};
+            return error{errc::not_supported, "applying a snapshot of another disk size to an image with persistent bitmaps is not built"};
         if (auto r = prepare_modify(true); !r) return r;
         if (auto r = begin_guest_change(0, header_.size); !r) return r;
         return guarded(apply_snapshot_impl(*i));
@@ -8643,9 +8644,8 @@ private:
             }
         }
         if (o.size && *o.size != header_.size) {
-            if (!bitmaps_.empty()) return error{errc::not_supported, "resizing an image with persistent bitmaps is not built (remove the bitmaps first)"};
             if (*o.size % 512) return error{errc::invalid_argument, "the new size is not a multiple of 512"};
-            if (auto r = resize_impl(*o.size); !r) return r;
+            if (auto r = resize_with_bitmaps(*o.size); !r) return r;
         }
         if (target == 2 && header_.version == 3) return downgrade();
         return {};
@@ -9280,6 +9280,55 @@ private:
         if (auto r = guarded(track_bitmaps()); !r) return r;
         mark_bitmaps(offset, length);
         return {};
+    }
+
+    /// QEMU's conditions for resizing an image with bitmaps: none inconsistent, and every one
+    /// within QEMU's table limits at the new size.
+    result<void> check_bitmaps_resizable(std::uint64_t new_size) const {
+        using detail::cat;
+        for (const auto& b : bitmaps_) {
+            const bool tracked = std::any_of(tracked_.begin(), tracked_.end(), [&](const tracked_bitmap& t) { return t.name == b.name; });
+            if ((b.flags & bitmap_flags::in_use) && !tracked)
+                return error{errc::invalid_argument, cat("Bitmap '", b.name, "' is inconsistent and cannot be used")};
+            const std::uint64_t entries = bitmap_table_entries(new_size, b.granularity_bits, cluster_size());
+            if (entries > max_bitmap_table_entries || entries * cluster_size() > max_bitmap_data_bytes)
+                return error{errc::invalid_argument, cat("bitmap '", b.name, "' would need a bitmap table of ", detail::dec(entries),
+                                                         " entries at the new size, over QEMU's limit")};
+        }
+        return {};
+    }
+
+    /// Resizes the disk with its bitmaps (as QEMU truncates them: new granules clean, those
+    /// past the new end dropped). The bitmaps are marked in use before the size changes and
+    /// stored at the new size after, so that a crash between leaves them inconsistent, never
+    /// of the wrong size.
+    result<void> resize_with_bitmaps(std::uint64_t new_size) {
+        if (bitmaps_.empty()) return resize_impl(new_size);
+        if (auto r = store_tracked(); !r) return r;
+        std::vector<bitmap_bits> bits;
+        for (const auto& b : bitmaps_) {
+            auto x = load_bitmap_bits(b);
+            if (!x) return x.error();
+            bits.push_back(std::move(*x));
+        }
+        std::vector<bitmap_entry> entries = bitmaps_;
+        for (auto& e : entries) e.flags |= bitmap_flags::in_use;
+        if (auto r = with_fresh([&](std::vector<cluster_run>& fresh) { return replace_bitmap_directory(std::move(entries), fresh); }); !r)
+            return r;
+        if (auto r = resize_impl(new_size); !r) return r;
+        entries = bitmaps_;
+        std::vector<std::size_t> which;
+        std::vector<const bitmap_bits*> ptrs;
+        for (std::size_t i = 0; i < entries.size(); ++i) {
+            bitmap_bits& b = bits[i];
+            b.disk_size = new_size;
+            b.bytes.resize(static_cast<std::size_t>(bitmap_data_bytes(new_size, entries[i].granularity_bits)), 0);
+            if (const std::uint64_t tail = b.count() % 8; tail && !b.bytes.empty()) b.bytes.back() &= static_cast<std::uint8_t>((1u << tail) - 1);
+            entries[i].flags &= ~bitmap_flags::in_use;
+            which.push_back(i);
+            ptrs.push_back(&b);
+        }
+        return rewrite_bitmaps(std::move(entries), which, ptrs);
     }
 
     /// Stores the bitmaps kept in memory and clears their in-use flags (what close does).
