@@ -7091,9 +7091,12 @@ public:
      * and the rest of a partial last cluster is zeroed). Shrinking frees every cluster past
      * the new size and truncates the file after the last cluster in use (the clusters
      * internal snapshots share stay theirs). Keeps the all-zero bit. The new size is durable
-     * when the call returns. An external data file is resized with the disk.
+     * when the call returns. An external data file is resized with the disk. Persistent
+     * bitmaps follow, as QEMU truncates them: new granules clean, those past the new end gone
+     * (marked in use across the change, then stored at the new size).
      * @par Errors
-     * `invalid_argument` for a size that is not a multiple of 512; `image_too_large` when the
+     * `invalid_argument` for a size that is not a multiple of 512, or an inconsistent (in
+     * use) bitmap, as QEMU refuses it; `image_too_large` when the
      * L1 table would exceed 32 MiB; `not_supported` for a version 2 image with internal
      * snapshots (QEMU refuses to resize those).
      */
