@@ -30,7 +30,8 @@
 // free clusters, compressed writes, refcount block creation and refcount table growth (512-byte
 // clusters, 64-bit refcounts), L1 growth, shrinking, make_empty, lazy refcounts, a backing
 // file (versions 3 and 2), extended L2 entries, version 2, an internal snapshot made by
-// `qemu-img snapshot -c`, small caches, an external data file (plain and raw), and random
+// `qemu-img snapshot -c`, small caches, an external data file (plain and raw), persistent
+// bitmaps (their in-use mark, their storing at close, bitmap operations), and random
 // operations on five layouts.
 //
 // Environment:
@@ -584,6 +585,10 @@ private:
                     return "the raw data file: " + d;
             }
             if (auto d = qcow2::test::check_no_corruption(*ro, dirty, "read-only"); !d.empty()) return d;
+            // A bitmap not marked in use was stored whole: it must read.
+            for (const auto& b : ro->bitmaps())
+                if (!(b.flags & qcow2::bitmap_flags::in_use))
+                    if (auto bits = ro->read_bitmap(b.name); !bits) return "bitmap '" + b.name + "': " + bits.error().what();
         }
         auto rw = mem_image::open(qcow2::io::memory(bytes(file)), qcow2::open_options{.writable = true}, resolve);
         if (!rw) return "writable open: " + rw.error().what();
@@ -1083,6 +1088,31 @@ TEST_CASE("crash: repairs are crash-safe (the writable open of a dirty image; ch
         w.close();
         explore(w.finish());
     }
+}
+
+TEST_CASE("crash: persistent bitmaps (in use from the first write, stored at close; bitmap operations)", "[crash]") {
+    const std::uint64_t cs = 4 * KiB;
+    bytes start = prepare(options(4 * MiB, cs), [&](mem_image& img) {
+        require_ok(img.add_bitmap("on", 512), "add_bitmap");
+        require_ok(img.add_bitmap("off", 0, false), "add_bitmap");
+    });
+    workload w("bitmaps", std::move(start));
+    w.write(1000, 3 * cs); // the enabled bitmap is marked in use first
+    w.zero(64 * KiB, cs);
+    w.flush();
+    auto& img = w.image();
+    require_ok(img.add_bitmap("new", 8 * KiB), "add_bitmap"); // stores 'on' (new table and directory) first
+    w.write(2 * MiB, 5000);
+    auto on = img.read_bitmap("on");
+    REQUIRE(on);
+    require_ok(img.merge_bitmap("off", *on), "merge_bitmap");
+    require_ok(img.clear_bitmap("new"), "clear_bitmap");
+    require_ok(img.enable_bitmap("off"), "enable_bitmap");
+    w.discard(0, 64 * KiB);
+    require_ok(img.remove_bitmap("on"), "remove_bitmap");
+    w.write(3 * MiB, cs);
+    w.close();
+    explore(w.finish(true)); // torn writes too: directories, tables and header rewrites in pieces
 }
 
 TEST_CASE("crash: the explorer catches a writer whose flushes do nothing (negative control)", "[crash]") {

@@ -26,7 +26,8 @@
 // compressed clusters, reads, grows it past its L1 table, shrinks it, empties it
 // (make_empty), flushes and closes; the same with lazy refcounts; one that opens a prepared
 // image with 64-bit refcounts whose refcount table must grow; one on an image with an
-// internal snapshot (qemu-img). Then the repairs: the writable open of a dirty image
+// internal snapshot (qemu-img); one on an image with persistent bitmaps (written, bitmap
+// operations, resized). Then the repairs: the writable open of a dirty image
 // (refcounts to fix, or a structure to rebuild) and `check` with repair of leaks, each
 // failing at every call: the next repair must still fix the file, with its data.
 #include "qcow2/image.hpp"
@@ -139,6 +140,10 @@ std::string check_file(const bytes& file, const bytes& durable, const std::vecto
         if (auto d = qcow2::test::verify_guest(*ro, durable, inflight, got); !d.empty()) return "read-only: " + d;
         // A dirty image's refcounts are not trusted until the writable open repairs them.
         if (auto d = qcow2::test::check_no_corruption(*ro, dirty, "read-only"); !d.empty()) return d;
+        // A bitmap not marked in use was stored whole: it must read.
+        for (const auto& b : ro->bitmaps())
+            if (!(b.flags & qcow2::bitmap_flags::in_use))
+                if (auto bits = ro->read_bitmap(b.name); !bits) return "bitmap '" + b.name + "': " + bits.error().what();
     }
     auto rw = mem_image::open(qcow2::io::memory(bytes(file)), qcow2::open_options{.writable = true});
     if (!rw) return "the file does not open writable: " + rw.error().what();
@@ -473,6 +478,51 @@ TEST_CASE("fault: an image with an internal snapshot (qemu-img snapshot -c): cop
     w.steps.push_back({"resize to 3 MiB", [](image& i) { return i.resize(3 * MiB); }, true, true,
                        qcow2::test::resize_op(o.size, 3 * MiB)});
     write(0, 4 * KiB); // now owned
+    w.steps.push_back({"close", [](image& i) { return i.close(); }, true, true, {}});
+    run_all(w);
+}
+
+TEST_CASE("fault: persistent bitmaps (marked in use, stored at close and by each bitmap operation, resized)", "[fault]") {
+    qcow2::create_options o;
+    o.size = 2 * MiB;
+    o.cluster_size = 4 * KiB;
+    auto z = mem_image::create(qcow2::io::memory{}, o);
+    REQUIRE(z);
+    mem_image img = std::move(*z).release();
+    REQUIRE(img.add_bitmap("on", 512));
+    REQUIRE(img.add_bitmap("off", 0, false));
+    REQUIRE(img.close());
+    workload w;
+    w.name = "bitmaps";
+    w.start.assign(img.backend().bytes().begin(), img.backend().bytes().end());
+    std::uint64_t tag = 400;
+    auto write = [&](std::uint64_t at, std::uint64_t len) {
+        bytes d = pattern(tag++, at, len);
+        w.steps.push_back(
+            {cat("write ", len, " at ", at), [at, d](image& i) { return i.write(at, d); }, true, false, {at, d}});
+    };
+    auto bitmap_op = [&](std::string name, std::function<qcow2::result<void>(image&)> f) {
+        w.steps.push_back({std::move(name), std::move(f), true, false, {}}); // the guest disk does not change
+    };
+    write(1000, 10 * KiB); // marks 'on' in use
+    bitmap_op("add_bitmap", [](image& i) { return i.add_bitmap("new", 8 * KiB); }); // stores 'on' first
+    write(1 * MiB, 5000);
+    bitmap_op("merge_bitmap", [](image& i) {
+        qcow2::bitmap_bits b; // granules 0, 1, 8 and 9 of 64 KiB
+        b.granularity = 64 * KiB;
+        b.disk_size = i.size();
+        b.bytes.assign(static_cast<std::size_t>(qcow2::bitmap_data_bytes(i.size(), 16)), 0);
+        b.bytes[0] = 0x03;
+        b.bytes[1] = 0x03;
+        return i.merge_bitmap("off", b);
+    });
+    bitmap_op("clear_bitmap", [](image& i) { return i.clear_bitmap("new"); });
+    bitmap_op("enable_bitmap", [](image& i) { return i.enable_bitmap("off"); });
+    write(40 * KiB, 4 * KiB);
+    w.steps.push_back({"resize to 3 MiB", [](image& i) { return i.resize(3 * MiB); }, true, true,
+                       qcow2::test::resize_op(o.size, 3 * MiB)});
+    bitmap_op("remove_bitmap", [](image& i) { return i.remove_bitmap("on"); });
+    write(2 * MiB + 100, 100);
     w.steps.push_back({"close", [](image& i) { return i.close(); }, true, true, {}});
     run_all(w);
 }

@@ -5,6 +5,7 @@
 #include <qcow2/qcow2.hpp>
 
 #include "bench.hpp"
+#include "bitmap.hpp"
 #include "check.hpp"
 #include "amend.hpp"
 #include "commit.hpp"
@@ -52,6 +53,9 @@ void usage(std::FILE* to) {
                  "        lists, creates (dated now), applies or deletes internal snapshots, as qemu-img snapshot does\n"
                  "  measure [--output=human|json] [-O qcow2|raw] [-o OPTIONS] [-f FMT] (SRC | --size SIZE)\n"
                  "        the file size a new image needs for SRC (or an empty disk of SIZE), as qemu-img measure reports it\n"
+                 "  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b SOURCE_FILE [-F SOURCE_FMT]]\n"
+                 "        [-g GRANULARITY] [-f FMT] FILE BITMAP\n"
+                 "        changes the persistent dirty bitmaps, as qemu-img bitmap does (actions in the order given)\n"
                  "  amend [-f qcow2] [-q] -o OPTIONS FILE\n"
                  "        changes compat, refcount_bits, lazy_refcounts, data_file_raw (off) or size, as qemu-img amend\n"
                  "  commit [-f FMT] [-q] [-p] [-d] FILE\n"
@@ -97,6 +101,7 @@ int main(int argc, char** argv) {
     if (cmd == "snapshot") return cli::snapshot_command(args);
     if (cmd == "measure") return cli::measure_command(args);
     if (cmd == "amend") return cli::amend_command(args);
+    if (cmd == "bitmap") return cli::bitmap_command(args);
     if (cmd == "commit") return cli::commit_command(args);
     if (cmd == "rebase") return cli::rebase_command(args);
     cli::fail("Command not found: " + cmd);

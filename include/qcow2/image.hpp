@@ -42,12 +42,17 @@
 
 namespace qcow2 {
 
-/// The features the library maintains when writing: everything it knows except persistent
-/// bitmaps, which it does not yet update on writes (so a read-write open clears the
-/// bitmaps bit, marking them inconsistent, as the spec requires of such a writer).
+/// The features the library maintains when writing: everything it knows, persistent bitmaps
+/// included (guest writes set the bits of the enabled ones, stored at `close`).
 using maintained_features = feature_set<features::dirty, features::corrupt, features::external_data_file,
                                         features::compression_type, features::extended_l2, features::lazy_refcounts,
-                                        features::raw_external_data, features::all_zero>;
+                                        features::bitmaps, features::raw_external_data, features::all_zero>;
+
+/// What an image type that leaves persistent bitmaps alone maintains: a read-write open clears
+/// the bitmaps bit (marking them inconsistent, as the spec requires of such a writer).
+using maintained_features_without_bitmaps =
+    feature_set<features::dirty, features::corrupt, features::external_data_file, features::compression_type, features::extended_l2,
+                features::lazy_refcounts, features::raw_external_data, features::all_zero>;
 
 /// How to open an image.
 struct open_options {
@@ -408,6 +413,7 @@ public:
     result<void> write(std::uint64_t offset, std::span<const std::byte> data) {
         if (auto r = check_modify(offset, data.size()); !r || data.empty()) return r;
         if (auto r = prepare_modify(true); !r) return r;
+        if (auto r = begin_guest_change(offset, data.size()); !r) return r;
         return guarded(write_guest(offset, data));
     }
 
@@ -424,6 +430,7 @@ public:
     result<void> write_zeroes(std::uint64_t offset, std::uint64_t length, zero_mode mode = zero_mode::keep_allocation) {
         if (auto r = check_modify(offset, length); !r || length == 0) return r;
         if (auto r = prepare_modify(false); !r) return r;
+        if (auto r = begin_guest_change(offset, length); !r) return r;
         return guarded(zero_range(offset, offset + length, mode == zero_mode::unmap ? op::zero_unmap : op::zero_keep));
     }
 
@@ -442,6 +449,7 @@ public:
         if (auto r = check_modify(offset, length); !r || length == 0) return r;
         if (header_.version == 2 && has_backing()) return {};
         if (auto r = prepare_modify(false); !r) return r;
+        if (auto r = begin_guest_change(offset, length); !r) return r;
         return guarded(zero_range(offset, offset + length, op::discard));
     }
 
@@ -462,6 +470,7 @@ public:
         auto n = compress_cluster(offset, data); // refuses bad arguments before anything changes
         if (!n) return n.error();
         if (auto r = prepare_modify(true); !r) return r;
+        if (auto r = begin_guest_change(offset, data.size()); !r) return r;
         if (*n == 0) return guarded(write_guest(offset, data)); // does not shrink: stored plain, as QEMU does
         return guarded(store_compressed(offset, *n));
     }
@@ -490,6 +499,7 @@ public:
         w_->cbuf.resize(static_cast<std::size_t>(cs + 512));
         std::memcpy(w_->cbuf.data(), stream.data(), stream.size());
         if (auto r = prepare_modify(true); !r) return r;
+        if (auto r = begin_guest_change(offset, std::min(cs, header_.size - offset)); !r) return r;
         return guarded(store_compressed(offset, stream.size()));
     }
 
@@ -501,9 +511,12 @@ public:
      * and the rest of a partial last cluster is zeroed). Shrinking frees every cluster past
      * the new size and truncates the file after the last cluster in use (the clusters
      * internal snapshots share stay theirs). Keeps the all-zero bit. The new size is durable
-     * when the call returns. An external data file is resized with the disk.
+     * when the call returns. An external data file is resized with the disk. Persistent
+     * bitmaps follow, as QEMU truncates them: new granules clean, those past the new end gone
+     * (marked in use across the change, then stored at the new size).
      * @par Errors
-     * `invalid_argument` for a size that is not a multiple of 512; `image_too_large` when the
+     * `invalid_argument` for a size that is not a multiple of 512, or an inconsistent (in
+     * use) bitmap, as QEMU refuses it; `image_too_large` when the
      * L1 table would exceed 32 MiB; `not_supported` for a version 2 image with internal
      * snapshots (QEMU refuses to resize those).
      */
@@ -519,8 +532,9 @@ public:
             return error{errc::image_too_large, cat("a virtual size of ", dec(new_size), " bytes needs an L1 table of ", dec(need * 8),
                                                     " bytes, more than 32 MiB")};
         if (new_size == header_.size) return {};
+        if (auto r = check_bitmaps_resizable(new_size); !r) return r;
         if (auto r = prepare_modify(false); !r) return r;
-        return guarded(resize_impl(new_size));
+        return guarded(resize_with_bitmaps(new_size));
     }
 
     /**
@@ -550,6 +564,8 @@ public:
      */
     result<void> close() {
         if (!writable_) return {};
+        if (w_ && !w_->failed)
+            if (auto r = guarded(store_tracked()); !r) return r;
         if (auto r = flush(); !r) return r;
         if (w_ && w_->marked_dirty) {
             if (auto r = clear_incompatible_bits(features::dirty::mask); !r) return r;
@@ -576,6 +592,7 @@ public:
     result<void> make_empty() {
         if (auto r = check_modify(0, 0); !r) return r;
         if (auto r = prepare_modify(false); !r) return r;
+        if (auto r = begin_guest_change(0, header_.size); !r) return r;
         return guarded(make_empty_impl());
     }
 
@@ -620,6 +637,8 @@ public:
             if (header_.bitmaps()) return error{errc::not_supported, "cannot downgrade an image with bitmaps"};
             if (!snapshots_.empty()) return error{errc::not_supported, "downgrading an image with internal snapshots is not built"};
         }
+        if (o.size && *o.size != header_.size)
+            if (auto r = check_bitmaps_resizable(*o.size); !r) return r;
         if (auto r = prepare_modify(false); !r) return r;
         return guarded(amend_impl(o, target));
     }
@@ -700,7 +719,10 @@ public:
         if (auto r = check_modify(0, 0); !r) return r;
         const auto i = find_snapshot(id_or_name);
         if (!i) return i.error();
+        if (const auto size = snapshots_[*i].disk_size(); size && *size != header_.size && !bitmaps_.empty())
+            return error{errc::not_supported, "applying a snapshot of another disk size to an image with persistent bitmaps is not built"};
         if (auto r = prepare_modify(true); !r) return r;
+        if (auto r = begin_guest_change(0, header_.size); !r) return r;
         return guarded(apply_snapshot_impl(*i));
     }
 
@@ -717,6 +739,133 @@ public:
         if (!i) return i.error();
         if (auto r = prepare_modify(false); !r) return r;
         return guarded(delete_snapshot_impl(*i));
+    }
+    /// @}
+
+    /// @name Persistent dirty bitmaps
+    /// The bitmaps `qemu-img bitmap` manages. Each operation writes the new structures, makes
+    /// them durable, then switches the header's bitmaps extension to a new directory (cluster 0
+    /// rewritten and flushed), then frees what the old directory used: a crash leaves at worst
+    /// leaked clusters. They need an image type that maintains the bitmaps autoclear bit
+    /// (`Features` holds `features::bitmaps`); others cleared the bit when they opened the image.
+    /// While the image is open for writing, guest writes (write, write_zeroes, discard, the
+    /// compressed writes) set the bits of every enabled bitmap in memory: the first one marks
+    /// those bitmaps in use on disk, and `close` stores them and clears the mark (as QEMU does).
+    /// @{
+
+    /**
+     * @brief The bits of bitmap `name` (what guest writes set since it was added or cleared),
+     *        including those set by this image's writes not yet stored.
+     * @par Errors
+     * `invalid_argument` for an unknown bitmap; `invalid_bitmap_directory` for one in use
+     * (inconsistent: not saved by the last writer) or whose table is damaged; `no_memory`
+     * when the bits would pass 512 MiB; I/O errors.
+     */
+    result<bitmap_bits> read_bitmap(std::string_view name) {
+        auto i = find_bitmap(name);
+        if (!i) return i.error();
+        for (const auto& t : tracked_)
+            if (t.name == name) return t.bits;
+        if (bitmaps_[*i].flags & bitmap_flags::in_use)
+            return error{errc::invalid_bitmap_directory, detail::cat("Bitmap '", name, "' is inconsistent and cannot be used")};
+        return load_bitmap_bits(bitmaps_[*i]);
+    }
+
+    /**
+     * @brief Adds an empty bitmap (`qemu-img bitmap --add [-g granularity] [--disable]`).
+     * @param granularity bytes of guest disk one bit covers; 0: QEMU's default, the cluster
+     *        size within 4 KiB to 64 KiB.
+     * @param enabled QEMU's "auto" flag: guest writes set its bits.
+     * @par Errors
+     * `invalid_argument` with qemu-img's words for an empty or taken name, a name over 1023
+     * bytes, a granularity that is not a power of two from 512 to 2^31, a table QEMU would
+     * refuse, 65535 bitmaps already, or a directory over its limit; `not_supported` for a
+     * version 2 image or an image type that does not maintain bitmaps; I/O errors.
+     */
+    result<void> add_bitmap(std::string_view name, std::uint64_t granularity = 0, bool enabled = true) {
+        using detail::cat;
+        if (auto r = check_bitmap_modify(); !r) return r;
+        if (granularity == 0) granularity = std::clamp<std::uint64_t>(cluster_size(), 4096, 65536);
+        if (name.empty()) return error{errc::invalid_argument, "Bitmap name cannot be empty"};
+        if (granularity < 512 || (granularity & (granularity - 1)))
+            return error{errc::invalid_argument, "Granularity must be power of 2 and at least 512"};
+        if (granularity > (std::uint64_t{1} << 31)) return error{errc::invalid_argument, "Granularity exceeds maximum (2147483648 bytes)"};
+        for (const auto& b : bitmaps_)
+            if (b.name == name) return error{errc::invalid_argument, cat("Bitmap already exists: ", name)};
+        if (header_.version < 3) return error{errc::not_supported, cat("Can't make bitmap '", name, "' persistent: Cannot store dirty bitmaps in qcow2 v2 files")};
+        if (name.size() > limits::max_bitmap_name)
+            return error{errc::invalid_argument, cat("Can't make bitmap '", name, "' persistent: Name length exceeds maximum (1023 characters)")};
+        bitmap_entry e;
+        e.granularity_bits = static_cast<std::uint8_t>(std::countr_zero(granularity));
+        e.name = std::string(name);
+        e.flags = enabled ? bitmap_flags::auto_ : 0;
+        const std::uint64_t entries = bitmap_table_entries(header_.size, e.granularity_bits, cluster_size());
+        if (entries > max_bitmap_table_entries || entries * cluster_size() > max_bitmap_data_bytes)
+            return error{errc::invalid_argument,
+                         cat("Can't make bitmap '", name, "' persistent: Too much space will be occupied by the bitmap. Use larger granularity")};
+        if (bitmaps_.size() >= limits::max_bitmaps)
+            return error{errc::invalid_argument, cat("Can't make bitmap '", name, "' persistent: Maximum number of persistent bitmaps is already reached")};
+        std::uint64_t dir = bitmap_entry_size(e);
+        for (const auto& b : bitmaps_) dir += bitmap_entry_size(b);
+        if (dir > limits::max_bitmap_directory_bytes)
+            return error{errc::invalid_argument, cat("Can't make bitmap '", name, "' persistent: Not enough space in the bitmap directory")};
+        if (auto r = prepare_modify(false); !r) return r;
+        return guarded(add_bitmap_impl(std::move(e)));
+    }
+
+    /**
+     * @brief Removes bitmap `name` and frees its clusters (`qemu-img bitmap --remove`); an
+     *        inconsistent (in use) bitmap may be removed too. The last one takes the bitmaps
+     *        extension and the autoclear bit with it, as in QEMU.
+     * @par Errors
+     * `invalid_argument` for an unknown bitmap; those of `add_bitmap`'s writes.
+     */
+    result<void> remove_bitmap(std::string_view name) {
+        if (auto r = check_bitmap_modify(); !r) return r;
+        auto i = find_bitmap(name);
+        if (!i) return i.error();
+        if (auto r = prepare_modify(false); !r) return r;
+        return guarded(remove_bitmap_impl(name));
+    }
+
+    /**
+     * @brief Clears every bit of bitmap `name` (`qemu-img bitmap --clear`).
+     * @par Errors
+     * `invalid_argument` for an unknown or inconsistent bitmap; I/O errors.
+     */
+    result<void> clear_bitmap(std::string_view name) {
+        if (auto r = usable_bitmap(name); !r) return r.error();
+        if (auto r = prepare_modify(false); !r) return r;
+        return guarded(clear_bitmap_impl(name));
+    }
+
+    /**
+     * @brief Enables (`qemu-img bitmap --enable`) or disables (`--disable`) bitmap `name`:
+     *        whether guest writes set its bits (the "auto" flag).
+     * @par Errors
+     * `invalid_argument` for an unknown or inconsistent bitmap; I/O errors.
+     */
+    result<void> enable_bitmap(std::string_view name, bool enabled = true) {
+        if (auto r = usable_bitmap(name); !r) return r.error();
+        if (auto r = prepare_modify(false); !r) return r;
+        return guarded(enable_bitmap_impl(name, enabled));
+    }
+
+    /**
+     * @brief Sets in bitmap `name` every granule `source` marks (`qemu-img bitmap --merge`);
+     *        `source` comes from `read_bitmap` of this or another image, of any granularity.
+     * @par Errors
+     * `invalid_argument` for an unknown or inconsistent bitmap, or a source of another disk size; I/O errors.
+     */
+    result<void> merge_bitmap(std::string_view name, const bitmap_bits& source) {
+        auto i = usable_bitmap(name);
+        if (!i) return i.error();
+        if (source.disk_size != header_.size || source.granularity == 0 ||
+            source.bytes.size() != bitmap_data_bytes(source.disk_size, static_cast<unsigned>(std::countr_zero(source.granularity))))
+            return error{errc::invalid_argument, detail::cat("Bitmaps are of different sizes (destination size is ", detail::dec(header_.size),
+                                                             ", source size is ", detail::dec(source.disk_size), ") and can't be merged")};
+        if (auto r = prepare_modify(false); !r) return r;
+        return guarded(merge_bitmap_impl(name, source));
     }
     /// @}
 
@@ -1920,7 +2069,7 @@ private:
         }
         if (o.size && *o.size != header_.size) {
             if (*o.size % 512) return error{errc::invalid_argument, "the new size is not a multiple of 512"};
-            if (auto r = resize_impl(*o.size); !r) return r;
+            if (auto r = resize_with_bitmaps(*o.size); !r) return r;
         }
         if (target == 2 && header_.version == 3) return downgrade();
         return {};
@@ -2261,6 +2410,372 @@ private:
         if (auto r = recompute_copied(); !r) return r;
         if (auto r = commit(true); !r) return r;
         return check_io(file_.flush(), "flushing the image");
+    }
+
+    // ------------------------------------------------------------ persistent bitmaps
+
+    result<std::size_t> find_bitmap(std::string_view name) const {
+        for (std::size_t i = 0; i < bitmaps_.size(); ++i)
+            if (bitmaps_[i].name == name) return i;
+        return error{errc::invalid_argument, detail::cat("Dirty bitmap '", name, "' not found")};
+    }
+
+    result<void> check_bitmap_modify() {
+        if constexpr (!Features::template contains<features::bitmaps>)
+            return error{errc::not_supported, "this image type does not maintain persistent bitmaps (its read-write open cleared them)"};
+        return check_modify(0, 0);
+    }
+
+    /// A bitmap an operation may change: known and consistent (or kept up to date by this image).
+    result<std::size_t> usable_bitmap(std::string_view name) {
+        if (auto r = check_bitmap_modify(); !r) return r.error();
+        auto i = find_bitmap(name);
+        if (!i) return i.error();
+        const bool tracked = std::any_of(tracked_.begin(), tracked_.end(), [&](const tracked_bitmap& t) { return t.name == name; });
+        if ((bitmaps_[*i].flags & bitmap_flags::in_use) && !tracked)
+            return error{errc::invalid_argument, detail::cat("Bitmap '", name, "' is inconsistent and cannot be used")};
+        return i;
+    }
+
+    /// The bitmap table of `e` (entries checked for reserved bits and alignment).
+    result<std::vector<std::uint64_t>> read_bitmap_table(const bitmap_entry& e) {
+        using detail::cat;
+        if (e.table_size > max_bitmap_table_entries || std::uint64_t{e.table_size} * cluster_size() > max_bitmap_data_bytes)
+            return error{errc::invalid_bitmap_directory,
+                         cat("bitmap '", e.name, "' has a bitmap table of ", detail::dec(e.table_size), " entries: too large")};
+        std::vector<std::byte> raw(static_cast<std::size_t>(e.table_size) * 8);
+        if (auto r = detail::read_zero_padded(file_, file_size_, e.table_offset, raw, "reading a bitmap table"); !r) return r.error();
+        std::vector<std::uint64_t> t(e.table_size);
+        for (std::size_t i = 0; i < t.size(); ++i) {
+            t[i] = detail::load_be64(raw, i * 8);
+            const std::uint64_t off = t[i] & bitmap_table_bits::offset_mask;
+            if ((t[i] & bitmap_table_bits::reserved) || (off && ((t[i] & bitmap_table_bits::all_ones) || !detail::is_aligned(off, cluster_size()))))
+                return error{errc::invalid_bitmap_directory,
+                             cat("bitmap '", e.name, "': invalid bitmap table entry ", detail::hex(t[i]), " at index ", detail::dec(i))};
+        }
+        return t;
+    }
+
+    result<bitmap_bits> load_bitmap_bits(const bitmap_entry& e) {
+        using detail::cat;
+        using detail::dec;
+        const std::uint64_t cs = cluster_size();
+        bitmap_bits b;
+        b.granularity = e.granularity();
+        b.disk_size = header_.size;
+        const std::uint64_t bytes = bitmap_data_bytes(header_.size, e.granularity_bits);
+        const std::uint64_t need = detail::div_round_up(bytes, cs);
+        if (e.table_size != need)
+            return error{errc::invalid_bitmap_directory, cat("bitmap '", e.name, "' has a table of ", dec(e.table_size), " entries, a disk of ",
+                                                             dec(header_.size), " bytes at granularity ", dec(b.granularity), " needs ", dec(need))};
+        if (bytes > max_bitmap_data_bytes)
+            return error{errc::no_memory, cat("bitmap '", e.name, "' holds ", dec(bytes), " bytes, over the 512 MiB limit")};
+        auto t = read_bitmap_table(e);
+        if (!t) return t.error();
+        b.bytes.assign(static_cast<std::size_t>(bytes), 0);
+        auto span = std::as_writable_bytes(std::span(b.bytes));
+        for (std::size_t i = 0; i < t->size(); ++i) {
+            const std::uint64_t at = std::uint64_t{i} * cs, n = std::min(cs, bytes - at);
+            const std::uint64_t off = (*t)[i] & bitmap_table_bits::offset_mask;
+            if (!off) {
+                if ((*t)[i] & bitmap_table_bits::all_ones) std::memset(b.bytes.data() + at, 0xFF, static_cast<std::size_t>(n));
+                continue;
+            }
+            if (off >= file_size_ || n > file_size_ - off)
+                return error{errc::invalid_bitmap_directory, cat("bitmap '", e.name, "': data cluster at ", detail::hex(off), " lies past the end of the file")};
+            if (auto r = io::read_exact(file_, off, span.subspan(static_cast<std::size_t>(at), static_cast<std::size_t>(n)), "reading bitmap data"); !r)
+                return r.error();
+        }
+        if (const std::uint64_t tail = b.count() % 8; tail && !b.bytes.empty()) b.bytes.back() &= static_cast<std::uint8_t>((1u << tail) - 1);
+        return b;
+    }
+
+    /// The clusters a bitmap uses: its data clusters (from its `table`) and its table.
+    void release_bitmap(const bitmap_entry& e, std::span<const std::uint64_t> table) {
+        const unsigned cb = header_.cluster_bits;
+        for (const std::uint64_t t : table)
+            if (const std::uint64_t off = t & bitmap_table_bits::offset_mask) defer_release(off >> cb, 1);
+        if (e.table_size) defer_release(e.table_offset >> cb, detail::div_round_up(std::uint64_t{e.table_size} * 8, cluster_size()));
+    }
+
+    /// Writes `bits` in new clusters (data clusters only where a bit is set) and a new table
+    /// pointing at them; `fresh` collects what was allocated. Returns the table's offset.
+    result<std::uint64_t> write_bitmap_data(const bitmap_bits& bits, std::vector<cluster_run>& fresh) {
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t cs = cluster_size();
+        const std::uint64_t entries = detail::div_round_up(bits.bytes.size(), cs);
+        const std::uint64_t table_clusters = detail::div_round_up(std::max<std::uint64_t>(entries, 1) * 8, cs);
+        std::vector<std::byte> table(static_cast<std::size_t>(table_clusters * cs));
+        for (std::uint64_t i = 0; i < entries; ++i) {
+            const std::uint64_t at = i * cs, n = std::min<std::uint64_t>(cs, bits.bytes.size() - at);
+            const auto* p = bits.bytes.data() + at;
+            if (std::all_of(p, p + n, [](std::uint8_t v) { return v == 0; })) continue;
+            auto run = allocate_clusters(1, true);
+            if (!run) return run.error();
+            fresh.push_back(*run);
+            std::fill(w_->buf.begin(), w_->buf.end(), std::byte{0});
+            std::memcpy(w_->buf.data(), p, static_cast<std::size_t>(n));
+            if (auto r = guard(run->first << cb, cs); !r) return r.error();
+            if (auto r = write_meta(run->first << cb, std::span(w_->buf).first(static_cast<std::size_t>(cs)), "writing bitmap data"); !r)
+                return r.error();
+            detail::store_be64(table, static_cast<std::size_t>(i * 8), run->first << cb);
+        }
+        auto run = allocate_clusters(table_clusters, true);
+        if (!run) return run.error();
+        fresh.push_back(*run);
+        if (auto r = guard(run->first << cb, table.size()); !r) return r.error();
+        if (auto r = write_meta(run->first << cb, table, "writing a bitmap table"); !r) return r.error();
+        return run->first << cb;
+    }
+
+    /// Writes `entries` as the bitmap directory in new clusters, makes it durable, switches the
+    /// header's bitmaps extension (and autoclear bit) to it, and releases the old directory.
+    /// No entries: the extension and the bit go.
+    result<void> replace_bitmap_directory(std::vector<bitmap_entry> entries, std::vector<cluster_run>& fresh) {
+        const unsigned cb = header_.cluster_bits;
+        const std::uint64_t cs = cluster_size();
+        qcow2::header h = header_;
+        if (entries.empty()) {
+            h.remove_extension(extension_type::bitmaps);
+            h.autoclear_features &= ~features::bitmaps::mask;
+        } else {
+            std::vector<std::byte> raw = encode_bitmap_directory(entries);
+            const std::uint64_t bytes = raw.size(), n = detail::div_round_up(bytes, cs);
+            auto run = allocate_clusters(n, true);
+            if (!run) return run.error();
+            fresh.push_back(*run);
+            raw.resize(static_cast<std::size_t>(n * cs));
+            if (auto r = guard(run->first << cb, raw.size()); !r) return r;
+            if (auto r = write_meta(run->first << cb, raw, "writing the bitmap directory"); !r) return r;
+            h.set_extension(extension_type::bitmaps,
+                            encode_bitmaps_extension({static_cast<std::uint32_t>(entries.size()), 0, bytes, run->first << cb}));
+            h.autoclear_features |= features::bitmaps::mask;
+        }
+        lay_out_header(h);
+        if (encoded_header_size(h) > cs) return error{errc::invalid_argument, "the bitmaps extension does not fit in cluster 0"};
+        if (auto r = commit(true); !r) return r;
+        if (auto r = check_io(file_.flush(), "flushing the new bitmap directory"); !r) return r;
+        // A directory without the autoclear bit was left by a writer that did not maintain
+        // it: its clusters may have been reused since (QEMU leaks them too).
+        std::uint64_t old_at = 0, old_bytes = 0;
+        if (const auto old = header_.bitmaps(); old && (header_.autoclear_features & features::bitmaps::mask)) {
+            old_at = old->directory_offset;
+            old_bytes = old->directory_size;
+        }
+        if (auto r = swap_header(std::move(h)); !r) return r;
+        fresh.clear(); // referenced now
+        if (old_bytes) defer_release(old_at >> cb, detail::div_round_up(old_bytes, cs));
+        bitmaps_ = std::move(entries);
+        rebuild_metadata_index();
+        return {};
+    }
+
+    /// Runs `f` (allocating into `fresh`); on failure releases what it allocated and nothing references.
+    template <class F>
+    result<void> with_fresh(F&& f) {
+        std::vector<cluster_run> fresh;
+        result<void> r = f(fresh);
+        if (!r)
+            for (const auto& run : fresh) release_unused(run);
+        if (!r) return r;
+        if (auto c = commit(true); !c) return c;
+        return check_io(file_.flush(), "flushing the image");
+    }
+
+    /// New tables for the bitmaps `which` of `entries` (bits `bits[k]` for `which[k]`), then the
+    /// directory `entries` with them; the old tables and data clusters are released.
+    result<void> rewrite_bitmaps(std::vector<bitmap_entry> entries, std::span<const std::size_t> which,
+                                 std::span<const bitmap_bits* const> bits) {
+        return with_fresh([&](std::vector<cluster_run>& fresh) -> result<void> {
+            std::vector<std::pair<bitmap_entry, std::vector<std::uint64_t>>> old;
+            for (std::size_t k = 0; k < which.size(); ++k) {
+                bitmap_entry& e = entries[which[k]];
+                auto t = read_bitmap_table(e);
+                if (!t) return t.error();
+                old.emplace_back(e, std::move(*t));
+                auto at = write_bitmap_data(*bits[k], fresh);
+                if (!at) return at.error();
+                e.table_offset = *at;
+                e.table_size = static_cast<std::uint32_t>(detail::div_round_up(bits[k]->bytes.size(), cluster_size()));
+            }
+            if (auto r = replace_bitmap_directory(std::move(entries), fresh); !r) return r;
+            for (const auto& [e, t] : old) release_bitmap(e, t);
+            return {};
+        });
+    }
+
+    result<void> add_bitmap_impl(bitmap_entry e) {
+        if (auto r = store_tracked(); !r) return r;
+        return with_fresh([&](std::vector<cluster_run>& fresh) -> result<void> {
+            bitmap_bits empty;
+            empty.granularity = e.granularity();
+            empty.disk_size = header_.size;
+            empty.bytes.assign(static_cast<std::size_t>(bitmap_data_bytes(header_.size, e.granularity_bits)), 0);
+            auto at = write_bitmap_data(empty, fresh);
+            if (!at) return at.error();
+            e.table_offset = *at;
+            e.table_size = static_cast<std::uint32_t>(bitmap_table_entries(header_.size, e.granularity_bits, cluster_size()));
+            std::vector<bitmap_entry> entries = bitmaps_;
+            entries.push_back(std::move(e));
+            return replace_bitmap_directory(std::move(entries), fresh);
+        });
+    }
+
+    result<void> remove_bitmap_impl(std::string_view name) {
+        if (auto r = store_tracked(); !r) return r;
+        auto i = find_bitmap(name);
+        if (!i) return i.error();
+        const bitmap_entry e = bitmaps_[*i];
+        auto t = read_bitmap_table(e);
+        if (!t) return t.error();
+        return with_fresh([&](std::vector<cluster_run>& fresh) -> result<void> {
+            std::vector<bitmap_entry> entries = bitmaps_;
+            entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(*i));
+            if (auto r = replace_bitmap_directory(std::move(entries), fresh); !r) return r;
+            release_bitmap(e, *t);
+            return {};
+        });
+    }
+
+    result<void> clear_bitmap_impl(std::string_view name) {
+        if (auto r = store_tracked(); !r) return r;
+        auto i = find_bitmap(name);
+        if (!i) return i.error();
+        bitmap_bits empty;
+        empty.granularity = bitmaps_[*i].granularity();
+        empty.disk_size = header_.size;
+        empty.bytes.assign(static_cast<std::size_t>(bitmap_data_bytes(header_.size, bitmaps_[*i].granularity_bits)), 0);
+        const std::size_t which[] = {*i};
+        const bitmap_bits* bits[] = {&empty};
+        return rewrite_bitmaps(bitmaps_, which, bits);
+    }
+
+    result<void> enable_bitmap_impl(std::string_view name, bool enabled) {
+        if (auto r = store_tracked(); !r) return r;
+        auto i = find_bitmap(name);
+        if (!i) return i.error();
+        std::vector<bitmap_entry> entries = bitmaps_;
+        const std::uint32_t flags = enabled ? entries[*i].flags | bitmap_flags::auto_ : entries[*i].flags & ~bitmap_flags::auto_;
+        if (flags == entries[*i].flags) return {};
+        entries[*i].flags = flags;
+        return with_fresh([&](std::vector<cluster_run>& fresh) { return replace_bitmap_directory(std::move(entries), fresh); });
+    }
+
+    result<void> merge_bitmap_impl(std::string_view name, const bitmap_bits& source) {
+        if (auto r = store_tracked(); !r) return r;
+        auto i = find_bitmap(name);
+        if (!i) return i.error();
+        auto bits = load_bitmap_bits(bitmaps_[*i]);
+        if (!bits) return bits.error();
+        bits->merge(source);
+        const std::size_t which[] = {*i};
+        const bitmap_bits* b[] = {&*bits};
+        return rewrite_bitmaps(bitmaps_, which, b);
+    }
+
+    /// Before the first guest write: the enabled bitmaps' bits into memory, and those bitmaps
+    /// marked in use on disk (a crash from here on leaves them inconsistent, as in QEMU).
+    result<void> track_bitmaps() {
+        if constexpr (!Features::template contains<features::bitmaps>) return {};
+        if (tracking_ || bitmaps_.empty()) return {};
+        std::vector<tracked_bitmap> t;
+        std::vector<bitmap_entry> entries = bitmaps_;
+        for (auto& e : entries) {
+            if (!(e.flags & bitmap_flags::auto_) || (e.flags & bitmap_flags::in_use)) continue;
+            auto bits = load_bitmap_bits(e);
+            if (!bits) return bits.error();
+            t.push_back({e.name, std::move(*bits)});
+            e.flags |= bitmap_flags::in_use;
+        }
+        if (!t.empty())
+            if (auto r = with_fresh([&](std::vector<cluster_run>& fresh) { return replace_bitmap_directory(std::move(entries), fresh); }); !r)
+                return r;
+        tracked_ = std::move(t);
+        tracking_ = true;
+        return {};
+    }
+
+    /// A guest write of `[offset, offset + length)`: the enabled bitmaps' bits for it.
+    void mark_bitmaps(std::uint64_t offset, std::uint64_t length) noexcept {
+        for (auto& t : tracked_) t.bits.mark(offset, length);
+    }
+
+    result<void> begin_guest_change(std::uint64_t offset, std::uint64_t length) {
+        if (auto r = guarded(track_bitmaps()); !r) return r;
+        mark_bitmaps(offset, length);
+        return {};
+    }
+
+    /// QEMU's conditions for resizing an image with bitmaps: none inconsistent, and every one
+    /// within QEMU's table limits at the new size.
+    result<void> check_bitmaps_resizable(std::uint64_t new_size) const {
+        using detail::cat;
+        for (const auto& b : bitmaps_) {
+            const bool tracked = std::any_of(tracked_.begin(), tracked_.end(), [&](const tracked_bitmap& t) { return t.name == b.name; });
+            if ((b.flags & bitmap_flags::in_use) && !tracked)
+                return error{errc::invalid_argument, cat("Bitmap '", b.name, "' is inconsistent and cannot be used")};
+            const std::uint64_t entries = bitmap_table_entries(new_size, b.granularity_bits, cluster_size());
+            if (entries > max_bitmap_table_entries || entries * cluster_size() > max_bitmap_data_bytes)
+                return error{errc::invalid_argument, cat("bitmap '", b.name, "' would need a bitmap table of ", detail::dec(entries),
+                                                         " entries at the new size, over QEMU's limit")};
+        }
+        return {};
+    }
+
+    /// Resizes the disk with its bitmaps (as QEMU truncates them: new granules clean, those
+    /// past the new end dropped). The bitmaps are marked in use before the size changes and
+    /// stored at the new size after, so that a crash between leaves them inconsistent, never
+    /// of the wrong size.
+    result<void> resize_with_bitmaps(std::uint64_t new_size) {
+        if (bitmaps_.empty()) return resize_impl(new_size);
+        if (auto r = store_tracked(); !r) return r;
+        std::vector<bitmap_bits> bits;
+        for (const auto& b : bitmaps_) {
+            auto x = load_bitmap_bits(b);
+            if (!x) return x.error();
+            bits.push_back(std::move(*x));
+        }
+        std::vector<bitmap_entry> entries = bitmaps_;
+        for (auto& e : entries) e.flags |= bitmap_flags::in_use;
+        if (auto r = with_fresh([&](std::vector<cluster_run>& fresh) { return replace_bitmap_directory(std::move(entries), fresh); }); !r)
+            return r;
+        if (auto r = resize_impl(new_size); !r) return r;
+        entries = bitmaps_;
+        std::vector<std::size_t> which;
+        std::vector<const bitmap_bits*> ptrs;
+        for (std::size_t i = 0; i < entries.size(); ++i) {
+            bitmap_bits& b = bits[i];
+            b.disk_size = new_size;
+            b.bytes.resize(static_cast<std::size_t>(bitmap_data_bytes(new_size, entries[i].granularity_bits)), 0);
+            if (const std::uint64_t tail = b.count() % 8; tail && !b.bytes.empty()) b.bytes.back() &= static_cast<std::uint8_t>((1u << tail) - 1);
+            entries[i].flags &= ~bitmap_flags::in_use;
+            which.push_back(i);
+            ptrs.push_back(&b);
+        }
+        return rewrite_bitmaps(std::move(entries), which, ptrs);
+    }
+
+    /// Stores the bitmaps kept in memory and clears their in-use flags (what close does).
+    result<void> store_tracked() {
+        if (!tracking_) return {};
+        if (tracked_.empty()) {
+            tracking_ = false;
+            return {};
+        }
+        std::vector<bitmap_entry> entries = bitmaps_;
+        std::vector<std::size_t> which;
+        std::vector<const bitmap_bits*> bits;
+        for (const auto& t : tracked_) {
+            auto i = find_bitmap(t.name);
+            if (!i) return i.error();
+            entries[*i].flags &= ~bitmap_flags::in_use;
+            which.push_back(*i);
+            bits.push_back(&t.bits);
+        }
+        if (auto r = rewrite_bitmaps(std::move(entries), which, bits); !r) return r;
+        tracked_.clear();
+        tracking_ = false;
+        return {};
     }
 
     /// Maps the unallocated clusters of `[start, end)` to the same offsets of the data file.
@@ -2724,6 +3239,7 @@ private:
             const std::uint64_t keep = autoclear_to_keep<Features>(header_.autoclear_features, names_);
             if (keep != header_.autoclear_features) {
                 header_.autoclear_features = keep;
+                if (!(keep & features::bitmaps::mask)) bitmaps_.clear(); // inconsistent from now on
                 if (auto r = write_header(); !r) return r;
             }
         }
@@ -2821,6 +3337,13 @@ private:
     std::vector<feature_name_entry> names_;
     std::vector<snapshot_entry> snapshots_;
     std::vector<bitmap_entry> bitmaps_;
+    /// An enabled bitmap whose bits this image keeps up to date while it writes.
+    struct tracked_bitmap {
+        std::string name;
+        bitmap_bits bits;
+    };
+    std::vector<tracked_bitmap> tracked_;
+    bool tracking_ = false; ///< the enabled bitmaps are in `tracked_` (and marked in use on disk)
     std::size_t cache_bytes_ = std::size_t{1} << 20;
     std::unique_ptr<writer_state> w_;
 };

@@ -14,6 +14,8 @@
 #include "qcow2/format/extensions.hpp"
 #include "qcow2/result.hpp"
 
+#include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -118,6 +120,81 @@ constexpr result<std::vector<bitmap_entry>> decode_bitmap_directory(std::span<co
                          " entries fill ", dec(off), " (more entries than nb_bitmaps, or trailing bytes)")};
     return out;
 }
+
+/// Bitmap table entries (qcow2 spec, "Bitmap table").
+namespace bitmap_table_bits {
+/// Bits 9 to 55: the host offset of the data cluster (0: none).
+inline constexpr std::uint64_t offset_mask = 0x00FFFFFFFFFFFE00ull;
+/// Without a data cluster, bit 0 set: every bit of the cluster is set.
+inline constexpr std::uint64_t all_ones = 1;
+/// Reserved bits, zero in a valid entry.
+inline constexpr std::uint64_t reserved = 0xFF000000000001FEull;
+} // namespace bitmap_table_bits
+
+/// The most entries QEMU accepts in a bitmap table.
+inline constexpr std::uint64_t max_bitmap_table_entries = 0x8000000;
+/// The most bitmap data (table entries times the cluster size) QEMU accepts for one bitmap.
+inline constexpr std::uint64_t max_bitmap_data_bytes = std::uint64_t{512} << 20;
+
+/// Bytes of bitmap data for a disk of `disk_size` bytes at `granularity_bits` (a bit per granule, rounded up).
+constexpr std::uint64_t bitmap_data_bytes(std::uint64_t disk_size, unsigned granularity_bits) noexcept {
+    const std::uint64_t g = std::uint64_t{1} << granularity_bits;
+    const std::uint64_t bits = disk_size / g + (disk_size % g != 0);
+    return bits / 8 + (bits % 8 != 0);
+}
+
+/// Entries of the bitmap table for a disk of `disk_size` bytes (one per cluster of bitmap data).
+constexpr std::uint64_t bitmap_table_entries(std::uint64_t disk_size, unsigned granularity_bits, std::uint64_t cluster_size) noexcept {
+    const std::uint64_t b = bitmap_data_bytes(disk_size, granularity_bits);
+    return b / cluster_size + (b % cluster_size != 0);
+}
+
+/**
+ * @brief The bits of one dirty bitmap: bit `k` says guest bytes `[k * granularity,
+ *        (k + 1) * granularity)` were written; bit `k` is bit `k % 8` (least significant
+ *        first) of byte `k / 8`, as the data clusters store it. Unused tail bits are 0.
+ */
+struct bitmap_bits {
+    /// Bytes of guest disk one bit covers (a power of two, 512 to 2^31).
+    std::uint64_t granularity = 65536;
+    /// The virtual disk size the bitmap describes.
+    std::uint64_t disk_size = 0;
+    /// `bitmap_data_bytes(disk_size, log2(granularity))` bytes.
+    std::vector<std::uint8_t> bytes;
+
+    /// Bits in the bitmap.
+    constexpr std::uint64_t count() const noexcept { return disk_size / granularity + (disk_size % granularity != 0); }
+    /// True when bit `k` is set.
+    constexpr bool test(std::uint64_t k) const noexcept { return k < count() && (bytes[static_cast<std::size_t>(k / 8)] >> (k % 8) & 1); }
+    /// The number of set bits.
+    constexpr std::uint64_t dirty_bits() const noexcept {
+        std::uint64_t n = 0;
+        for (auto b : bytes) n += static_cast<std::uint64_t>(std::popcount(b));
+        return n;
+    }
+    /// Sets the bits of the granules that `[offset, offset + length)` touches (clipped to the disk).
+    constexpr void mark(std::uint64_t offset, std::uint64_t length) noexcept {
+        if (length == 0 || offset >= disk_size) return;
+        const std::uint64_t end = std::min(disk_size, offset + std::min(length, disk_size - offset));
+        const std::uint64_t first = offset / granularity, last = (end - 1) / granularity;
+        std::uint64_t k = first;
+        for (; k <= last && k % 8; ++k) bytes[static_cast<std::size_t>(k / 8)] |= static_cast<std::uint8_t>(1u << (k % 8));
+        for (; k + 8 <= last + 1; k += 8) bytes[static_cast<std::size_t>(k / 8)] = 0xFF;
+        for (; k <= last; ++k) bytes[static_cast<std::size_t>(k / 8)] |= static_cast<std::uint8_t>(1u << (k % 8));
+    }
+    /// Sets every bit whose granule `other` marks (any granularity, the same disk size).
+    constexpr void merge(const bitmap_bits& other) noexcept {
+        const std::uint64_t n = other.count();
+        for (std::uint64_t i = 0; i < other.bytes.size(); ++i) {
+            const std::uint8_t b = other.bytes[static_cast<std::size_t>(i)];
+            if (!b) continue;
+            for (unsigned j = 0; j < 8; ++j)
+                if ((b >> j & 1) && i * 8 + j < n) mark((i * 8 + j) * other.granularity, other.granularity);
+        }
+    }
+    /// Equal when granularity, size and bits are.
+    friend constexpr bool operator==(const bitmap_bits&, const bitmap_bits&) = default;
+};
 
 /// Encodes directory entries (zero padding between them).
 constexpr std::vector<std::byte> encode_bitmap_directory(std::span<const bitmap_entry> entries) {
