@@ -30,9 +30,8 @@ using qcow2_test::process_result;
 
 const std::string cli = QCOW2_TEST_CLI;
 
-const std::vector<std::string> subcommands = {"info",    "map",      "create",  "convert", "resize",
-                                              "io",      "check",    "compare", "snapshot", "measure",
-                                              "amend",   "commit",   "rebase",  "bench"};
+const std::vector<std::string> subcommands = {"info",    "map",      "create",  "convert", "resize", "io",     "check",
+                                              "compare", "snapshot", "measure", "amend",   "commit", "rebase", "bench"};
 
 process_result qcow2(argv_t args, const std::string& cwd = {}) {
     args.insert(args.begin(), cli);
@@ -68,8 +67,7 @@ process_result qcow2_on_terminal(const argv_t& args, const std::string& cwd) {
     }
     ::close(master);
     int wstatus = 0;
-    while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
-    }
+    while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {}
     r.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
     return r;
 }
@@ -82,8 +80,8 @@ std::string show(const process_result& r) {
 
 TEST_CASE("every subcommand prints its usage for --help, -h and help NAME", "[cli]") {
     for (const std::string& name : subcommands) {
-        for (const argv_t& args : {argv_t{name, "--help"}, argv_t{name, "-h"}, argv_t{"help", name},
-                                   argv_t{name, "some-file", "--help"}}) {
+        for (const argv_t& args :
+             {argv_t{name, "--help"}, argv_t{name, "-h"}, argv_t{"help", name}, argv_t{name, "some-file", "--help"}}) {
             INFO(qcow2_test::command_line(args));
             const process_result r = qcow2(args);
             INFO(show(r));
@@ -130,7 +128,7 @@ TEST_CASE("unknown options and commands say what is wrong and where to look", "[
     CHECK(file.err.find("--help") != std::string::npos);
 }
 
-TEST_CASE("-p shows progress on a terminal and nothing through a pipe", "[cli]") {
+TEST_CASE("progress (-p) shows on a terminal and nothing through a pipe", "[cli]") {
     qcow2_test::temp_dir dir("qcow2-cli-help-");
     const std::string d = dir.path();
     // A 4 MiB image with 1 MiB of data, and a fresh overlay on it for each commit and rebase.
@@ -151,12 +149,28 @@ TEST_CASE("-p shows progress on a terminal and nothing through a pipe", "[cli]")
     };
     int outputs = 0;
     const std::vector<job> jobs = {
-        {"convert", [&] { return argv_t{"convert", "-p", "-O", "raw", "base.qcow2", "out" + std::to_string(++outputs)}; },
+        {"convert",
+         [&] { return argv_t{"convert", "-p", "-O", "raw", "base.qcow2", "out" + std::to_string(++outputs)}; }, ""},
+        {"compare",
+         [&] {
+             return argv_t{"compare", "-p", "base.qcow2", "base.qcow2"};
+         },
+         "Images are identical.\n"},
+        {"commit",
+         [&] {
+             return argv_t{"commit", "-p", overlay()};
+         },
+         "Image committed.\n"},
+        {"rebase",
+         [&] {
+             return argv_t{"rebase", "-p", "-b", "", overlay()};
+         },
          ""},
-        {"compare", [&] { return argv_t{"compare", "-p", "base.qcow2", "base.qcow2"}; }, "Images are identical.\n"},
-        {"commit", [&] { return argv_t{"commit", "-p", overlay()}; }, "Image committed.\n"},
-        {"rebase", [&] { return argv_t{"rebase", "-p", "-b", "", overlay()}; }, ""},
-        {"amend", [&] { return argv_t{"amend", "-p", "-o", "lazy_refcounts=on", "base.qcow2"}; }, ""},
+        {"amend",
+         [&] {
+             return argv_t{"amend", "-p", "-o", "lazy_refcounts=on", "base.qcow2"};
+         },
+         ""},
     };
     for (const job& j : jobs) {
         INFO(j.what);

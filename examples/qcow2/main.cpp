@@ -71,10 +71,11 @@ const command commands[] = {
      "        are checked and otherwise ignored); -w writes, then flushes inside the timed run\n"},
 };
 
-constexpr const char* notes = "FMT is qcow2 or raw (probed when not given). Sizes and offsets take QEMU's suffixes (k, M, G, "
-                              "T, P, E).\n"
-                              "-p prints progress as qemu-img does (\"    (42.00/100%)\"), on stderr and only when it is a "
-                              "terminal.\n";
+constexpr const char* notes =
+    "FMT is qcow2 or raw (probed when not given). Sizes and offsets take QEMU's suffixes (k, M, G, "
+    "T, P, E).\n"
+    "-p prints progress as qemu-img does (\"    (42.00/100%)\"), on stderr and only when it is a "
+    "terminal.\n";
 
 void usage(std::FILE* to) {
     std::fprintf(to,
