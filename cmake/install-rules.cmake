@@ -7,6 +7,7 @@
 #   <prefix>/share/cmake/qcow2/qcow2Config.cmake, qcow2ConfigVersion.cmake, qcow2Targets.cmake,
 #                              qcow2-codecs.cmake (replayed by qcow2Config.cmake)
 #   <prefix>/share/pkgconfig/qcow2.pc
+#   <prefix>/share/doc/qcow2/LICENSE
 include(CMakePackageConfigHelpers)
 
 set(QCOW2_INSTALL_CMAKEDIR "${CMAKE_INSTALL_DATADIR}/cmake/qcow2"
@@ -56,6 +57,11 @@ install(FILES
     "${PROJECT_BINARY_DIR}/qcow2ConfigVersion.cmake"
     "${PROJECT_SOURCE_DIR}/cmake/qcow2-codecs.cmake"
   DESTINATION "${QCOW2_INSTALL_CMAKEDIR}"
+  COMPONENT qcow2_Development)
+
+# The license travels with the headers.
+install(FILES "${PROJECT_SOURCE_DIR}/LICENSE"
+  DESTINATION "${CMAKE_INSTALL_DATADIR}/doc/qcow2"
   COMPONENT qcow2_Development)
 
 # pkg-config: the same definitions and codec libraries as the CMake target.

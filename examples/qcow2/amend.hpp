@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: MIT
-// qcow2 amend [-f qcow2] [-q] -o OPTIONS FILE
+// qcow2 amend [-f qcow2] [-p] [-q] -o OPTIONS FILE
 //
 // Changes the options of an existing qcow2 image as `qemu-img amend` (7.2) does: compat
 // (0.10/v2, 1.1/v3), refcount_bits, lazy_refcounts, data_file_raw (off only) and size, in
 // QEMU's order, through the library's `basic_image::amend`. Options that only creation takes
 // are refused with qemu-img's words; so are what the library cannot do yet (a downgrade of an
-// image with internal snapshots). Nothing is printed on success; errors exit with 1.
+// image with internal snapshots). Nothing is printed on success but -p's progress (one step:
+// the amend is one library call); errors exit with 1.
 #pragma once
 
 #include "common.hpp"
+#include "convert.hpp" // progress_meter
 #include "create.hpp"
 
 #include <cctype>
@@ -21,7 +23,7 @@ namespace cli {
 inline int amend_command(const std::vector<std::string>& args) {
     std::string format, value;
     std::vector<std::string> lists, files;
-    bool options_done = false;
+    bool options_done = false, quiet = false, show_progress = false;
     for (std::size_t k = 0; k < args.size(); ++k) {
         const std::string& a = args[k];
         if (options_done || a.empty() || a[0] != '-' || a == "-") {
@@ -33,10 +35,14 @@ inline int amend_command(const std::vector<std::string>& args) {
         } else if (take_value(args, k, "-o", value)) {
             if (!create_opts::valid_list(value)) return 1;
             lists.push_back(value);
-        } else if (a == "-q" || a == "-p" || a == "-U" || a == "--force") {
-            // nothing is printed but errors; no progress to show; no locks are taken
+        } else if (a == "-q") {
+            quiet = true;
+        } else if (a == "-p") {
+            show_progress = true;
+        } else if (a == "-U" || a == "--force") {
+            // no locks are taken
         } else {
-            return fail("amend: unknown option '" + a + "'"), 1;
+            return unknown_option("amend", a);
         }
     }
     if (lists.empty()) return fail("Must specify options (-o)"), 1;
@@ -69,6 +75,7 @@ inline int amend_command(const std::vector<std::string>& args) {
     if (opts.has("lazy_refcounts")) a.lazy_refcounts = opts.number("lazy_refcounts", 0) != 0;
     if (opts.has("data_file_raw")) a.data_file_raw = opts.number("data_file_raw", 0) != 0;
     if (opts.has("size")) a.size = opts.number("size", 0);
+    progress_meter meter(show_progress && !quiet);
     if (auto r = img->amend(a); !r) {
         // qemu-img's sentences start with a capital, except those naming an option first.
         std::string m = r.error().message();
@@ -77,6 +84,7 @@ inline int amend_command(const std::vector<std::string>& args) {
         return fail(m), 1;
     }
     if (auto r = img->close(); !r) return fail("error while closing '" + path + "': " + r.error().what()), 1;
+    meter.finish();
     return 0;
 }
 

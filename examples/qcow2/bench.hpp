@@ -226,7 +226,7 @@ inline std::optional<int> parse(const std::vector<std::string>& args, options& o
                         "                   [-S step_size] [-t cache] [-w] [-U] filename\n");
             return 0;
         } else {
-            return fail("bench: unknown option '" + name + "'"), 1;
+            return unknown_option("bench", "-" + name);
         }
         return std::nullopt;
     };
@@ -254,7 +254,7 @@ inline std::optional<int> parse(const std::vector<std::string>& args, options& o
             }
             if (name != "pattern" && name != "flush-interval" && name != "no-drain" && name != "force-share" &&
                 name != "help")
-                return fail("bench: unknown option '--" + name + "'"), 1;
+                return unknown_option("bench", "--" + name);
             if (auto r = option(name, value)) return r;
             continue;
         }

@@ -20,20 +20,6 @@
 
 namespace cli {
 
-inline void bitmap_usage() {
-    std::printf("usage: qcow2 bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)...\n"
-                "                    [-b SOURCE_FILE [-F SOURCE_FMT]] [-g GRANULARITY] [-f FMT] FILE BITMAP\n\n"
-                "Applies the actions, in order, to the persistent bitmap BITMAP of the qcow2 image FILE:\n"
-                "  --add           a new enabled bitmap (granularity -g: a power of two from 512 to 2G; by default\n"
-                "                  the cluster size within 4k to 64k)\n"
-                "  --remove        removes it and frees its clusters\n"
-                "  --clear         clears its bits\n"
-                "  --enable        guest writes set its bits\n"
-                "  --disable       guest writes leave it as it is\n"
-                "  --merge SOURCE  sets its bits for every granule the bitmap SOURCE marks (of FILE, or of\n"
-                "                  SOURCE_FILE given with -b; SOURCE_FMT qcow2, probed when not given)\n");
-}
-
 inline int bitmap_command(const std::vector<std::string>& args) {
     enum class kind { add, remove, clear, enable, disable, merge };
     struct action {
@@ -50,9 +36,6 @@ inline int bitmap_command(const std::vector<std::string>& args) {
             files.push_back(a);
         } else if (a == "--") {
             options_done = true;
-        } else if (a == "-h" || a == "--help") {
-            bitmap_usage();
-            return 0;
         } else if (a == "--add") {
             actions.push_back({kind::add, {}});
         } else if (a == "--remove") {
@@ -91,7 +74,7 @@ inline int bitmap_command(const std::vector<std::string>& args) {
             if (a == "-f" && k + 1 >= args.size()) return fail("option requires an argument -- 'f'"), 1;
             (void)take_value(args, k, "-f", format);
         } else {
-            return fail("unrecognized option '" + a + "'\nTry 'qcow2 bitmap --help' for more information"), 1;
+            return unknown_option("bitmap", a);
         }
     }
     // qemu-img's checks, in its order.

@@ -164,7 +164,7 @@ inline int commit_command(const std::vector<std::string>& args) {
         } else if (a.rfind("-b", 0) == 0 || a.rfind("-r", 0) == 0 || a.rfind("-t", 0) == 0) {
             return fail("commit: " + a.substr(0, 2) + " is not built"), 1;
         } else {
-            return fail("commit: unknown option '" + a + "'"), 1;
+            return unknown_option("commit", a);
         }
     }
     if (quiet) show_progress = false;

@@ -19,6 +19,14 @@ namespace cli {
 /// Prints "qcow2: <text>" to stderr, as qemu-img prints its errors.
 inline void fail(std::string_view text) { std::fprintf(stderr, "qcow2: %.*s\n", static_cast<int>(text.size()), text.data()); }
 
+/// An option the command does not take: says so, and where the command's options are listed.
+inline int unknown_option(std::string_view command, std::string_view option) {
+    std::fprintf(stderr, "qcow2: %.*s: unknown option '%.*s'\nTry 'qcow2 %.*s --help' for its options\n",
+                 static_cast<int>(command.size()), command.data(), static_cast<int>(option.size()), option.data(),
+                 static_cast<int>(command.size()), command.data());
+    return 1;
+}
+
 /// The error of a failed open, in qemu-img's words.
 inline int open_failed(const std::string& path, const qcow2::error& e) {
     fail("Could not open '" + path + "': " + e.what());

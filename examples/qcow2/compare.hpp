@@ -116,7 +116,7 @@ inline int compare_command(const std::vector<std::string>& args) {
         } else if (a == "-U" || a == "--force-share") {
             // This tool takes no locks.
         } else {
-            return fail("compare: unknown option '" + a + "'"), 1;
+            return unknown_option("compare", a);
         }
     }
     if (files.size() != 2) return fail("Expecting two image file names"), 1;

@@ -831,7 +831,7 @@ inline int convert_command(const std::vector<std::string>& args) {
     // Like qemu-img's -m (8 coroutines), but threads: one per CPU, at most 4, by default.
     unsigned workers = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
     std::vector<std::string> files;
-    bool options_done = false;
+    bool options_done = false, quiet = false;
     for (std::size_t k = 0; k < args.size(); ++k) {
         const std::string& a = args[k];
         if (options_done || a.empty() || a[0] != '-' || a == "-") {
@@ -859,14 +859,17 @@ inline int convert_command(const std::vector<std::string>& args) {
             skip_create = true;
         } else if (a == "-p") {
             show_progress = true;
-        } else if (a == "-q" || a == "-U" || a == "--force-share") {
-            // -q: nothing is printed but errors anyway; -U: this tool takes no locks.
+        } else if (a == "-q") {
+            quiet = true; // only progress would be printed besides errors
+        } else if (a == "-U" || a == "--force-share") {
+            // this tool takes no locks
         } else if (a == "-B") {
             return fail("convert: backing files for the output (-B) are not built"), 1;
         } else {
-            return fail("convert: unknown option '" + a + "'"), 1;
+            return unknown_option("convert", a);
         }
     }
+    if (quiet) show_progress = false; // as in qemu-img
     if (create_opts::wants_help(lists)) {
         if (out_format != "qcow2") return fail("convert: -o is supported with -O qcow2 only"), 1;
         create_opts::print_help();

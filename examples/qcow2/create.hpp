@@ -418,7 +418,7 @@ inline int create_command(const std::vector<std::string>& args) {
         } else if (a == "-q") {
             quiet = true;
         } else {
-            return fail("create: unknown option '" + a + "'"), 1;
+            return unknown_option("create", a);
         }
     }
     if (create_opts::wants_help(lists)) {

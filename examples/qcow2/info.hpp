@@ -200,7 +200,7 @@ inline int info_command(const std::vector<std::string>& args) {
         } else if (a == "-U" || a == "--force-share") {
             // Accepted for qemu-img compatibility: this tool takes no locks.
         } else if (!a.empty() && a[0] == '-') {
-            return fail("info: unknown option '" + a + "'"), 1;
+            return unknown_option("info", a);
         } else if (path.empty()) {
             path = a;
         } else {

@@ -411,7 +411,7 @@ inline int io_command(const std::vector<std::string>& args) {
         } else if (take_value(args, k, "-c", value) || take_value(args, k, "--cmd", value)) {
             cmds.push_back(value);
         } else {
-            return fail("io: unknown option '" + a + "'"), 1;
+            return unknown_option("io", a);
         }
     }
     if (files.size() != 1) return fail("io: expecting one image file name"), 1;

@@ -126,7 +126,7 @@ inline int map_command(const std::vector<std::string>& args) {
         } else if (a == "-U" || a == "--force-share") {
             // This tool takes no locks.
         } else if (!a.empty() && a[0] == '-') {
-            return fail("map: unknown option '" + a + "'"), 1;
+            return unknown_option("map", a);
         } else if (path.empty()) {
             path = a;
         } else {

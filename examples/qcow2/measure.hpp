@@ -135,7 +135,7 @@ inline int measure_command(const std::vector<std::string>& args) {
         } else if (a.rfind("-l", 0) == 0 || a == "--image-opts" || a.rfind("--object", 0) == 0) {
             return fail("measure: " + a + " is not built"), 1;
         } else {
-            return fail("measure: unknown option '" + a + "'"), 1;
+            return unknown_option("measure", a);
         }
     }
     if (files.size() > 1) return fail("At most one filename argument is allowed."), 1;

@@ -133,7 +133,7 @@ inline int rebase_command(const std::vector<std::string>& args) {
         } else if (a == "-U" || a == "--force-share") {
             // This tool takes no locks.
         } else {
-            return fail("rebase: unknown option '" + a + "'"), 1;
+            return unknown_option("rebase", a);
         }
     }
     if (quiet) show_progress = false;

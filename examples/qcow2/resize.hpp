@@ -38,7 +38,7 @@ inline int resize_command(const std::vector<std::string>& args) {
         } else if (a == "-q") {
             quiet = true;
         } else {
-            return fail("resize: unknown option '" + a + "'"), 1;
+            return unknown_option("resize", a);
         }
     }
     if (files.size() != 1) return fail("Expecting image file name and size"), 1;

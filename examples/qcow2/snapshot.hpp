@@ -164,7 +164,7 @@ inline int snapshot_command(const std::vector<std::string>& args) {
         } else if (a == "-q" || a == "-U" || a == "--force-share") {
             // -q: only the list is printed, and it is printed anyway; -U: this tool takes no locks.
         } else {
-            return fail("snapshot: unknown option '" + a + "'"), 1;
+            return unknown_option("snapshot", a);
         }
     }
     if (files.size() != 1) return fail("Expecting one image file name"), 1;

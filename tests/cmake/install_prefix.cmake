@@ -18,7 +18,8 @@ if(NOT rc EQUAL 0)
   message(FATAL_ERROR "cmake --install ${BUILD_DIR} --prefix ${PREFIX} failed (${rc})")
 endif()
 foreach(file include/qcow2/qcow2.hpp share/cmake/qcow2/qcow2Config.cmake share/cmake/qcow2/qcow2ConfigVersion.cmake
-             share/cmake/qcow2/qcow2Targets.cmake share/cmake/qcow2/qcow2-codecs.cmake share/pkgconfig/qcow2.pc)
+             share/cmake/qcow2/qcow2Targets.cmake share/cmake/qcow2/qcow2-codecs.cmake share/pkgconfig/qcow2.pc
+             share/doc/qcow2/LICENSE)
   if(NOT EXISTS "${PREFIX}/${file}")
     message(FATAL_ERROR "the install is missing ${file}")
   endif()

@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: MIT
+# Follows README.md's "Your first program" as a newcomer would, in a scratch directory:
+# writes each `<!-- quickstart:file NAME -->` block to NAME, runs each `<!-- quickstart:run -->`
+# block with bash -e (lines starting with `sudo` are skipped: the packages are already there),
+# with HOME in the scratch directory and `qcow2/` a link to this source tree, and checks that
+# the `<!-- quickstart:output -->` block is what the program printed.
+#
+#   cmake -DSOURCE_DIR=<qcow2 source tree> -DWORK_DIR=<scratch directory> [-DGENERATOR=<name>]
+#         -P readme_quickstart.cmake
+#
+# GENERATOR is used (as CMAKE_GENERATOR) only when `make`, CMake's default, is missing.
+cmake_minimum_required(VERSION 3.21)
+foreach(var SOURCE_DIR WORK_DIR)
+  if(NOT ${var})
+    message(FATAL_ERROR "readme_quickstart.cmake: pass -D${var}=...")
+  endif()
+endforeach()
+file(READ "${SOURCE_DIR}/README.md" readme)
+
+# The fenced block after each "<!-- quickstart:KIND... -->" marker, in order: lists of
+# "KIND ARG" heads and of block files (each block is written to a file of its own, since its
+# text may hold semicolons and brackets that a CMake list would split).
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}/blocks")
+set(heads "")
+set(count 0)
+set(rest "${readme}")
+while(TRUE)
+  string(FIND "${rest}" "<!-- quickstart:" at)
+  if(at EQUAL -1)
+    break()
+  endif()
+  math(EXPR at "${at} + 16")
+  string(SUBSTRING "${rest}" ${at} -1 rest)
+  string(FIND "${rest}" " -->\n```" end)
+  if(end EQUAL -1)
+    message(FATAL_ERROR "README.md: a quickstart marker must be followed by a fenced block")
+  endif()
+  string(SUBSTRING "${rest}" 0 ${end} head)
+  string(SUBSTRING "${rest}" ${end} -1 rest)
+  foreach(line "marker" "```lang") # skip the rest of the marker's line, then the fence's
+    string(FIND "${rest}" "\n" nl)
+    math(EXPR nl "${nl} + 1")
+    string(SUBSTRING "${rest}" ${nl} -1 rest)
+  endforeach()
+  string(FIND "${rest}" "\n```" close)
+  if(close EQUAL -1)
+    message(FATAL_ERROR "README.md: the block after <!-- quickstart:${head} --> is not closed")
+  endif()
+  math(EXPR close "${close} + 1")
+  string(SUBSTRING "${rest}" 0 ${close} body)
+  string(SUBSTRING "${rest}" ${close} -1 rest)
+  file(WRITE "${WORK_DIR}/blocks/${count}" "${body}")
+  list(APPEND heads "${head}")
+  math(EXPR count "${count} + 1")
+endwhile()
+if(count LESS 4)
+  message(FATAL_ERROR "README.md: expected the quickstart's file, run and output blocks, found ${count} blocks")
+endif()
+
+file(CREATE_LINK "${SOURCE_DIR}" "${WORK_DIR}/qcow2" SYMBOLIC)
+find_program(make_program make)
+if(NOT make_program AND GENERATOR)
+  set(ENV{CMAKE_GENERATOR} "${GENERATOR}")
+endif()
+set(ENV{HOME} "${WORK_DIR}/home")
+file(MAKE_DIRECTORY "${WORK_DIR}/home")
+unset(ENV{CMAKE_PREFIX_PATH})
+unset(ENV{PKG_CONFIG_PATH})
+
+set(printed "")
+set(expected_outputs "")
+set(i 0)
+foreach(head IN LISTS heads)
+  file(READ "${WORK_DIR}/blocks/${i}" body)
+  if(head MATCHES "^file (.+)$")
+    file(WRITE "${WORK_DIR}/${CMAKE_MATCH_1}" "${body}")
+  elseif(head STREQUAL "run")
+    # Skip the package installation: this machine has the packages the tests need.
+    string(REGEX REPLACE "(^|\n)sudo [^\n]*" "\\1: skipped by the test" script "${body}")
+    file(WRITE "${WORK_DIR}/blocks/${i}.sh" "set -x\n${script}")
+    message(STATUS "running README block ${i}:\n${script}")
+    execute_process(COMMAND bash -e "${WORK_DIR}/blocks/${i}.sh" WORKING_DIRECTORY "${WORK_DIR}"
+      RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    string(APPEND printed "${out}")
+    if(NOT rc EQUAL 0)
+      message(NOTICE "--- stdout:\n${out}--- stderr:\n${err}")
+      message(FATAL_ERROR "README.md's quickstart block ${i} failed (${rc}); see above")
+    endif()
+  elseif(head STREQUAL "output")
+    file(READ "${WORK_DIR}/blocks/${i}" body)
+    string(FIND "${printed}" "${body}" found)
+    if(found EQUAL -1)
+      message(NOTICE "--- printed so far:\n${printed}--- expected:\n${body}")
+      message(FATAL_ERROR "README.md's quickstart output block ${i} is not what the program printed")
+    endif()
+    set(expected_outputs "${body}")
+  else()
+    message(FATAL_ERROR "README.md: unknown quickstart marker '${head}'")
+  endif()
+  math(EXPR i "${i} + 1")
+endforeach()
+if(expected_outputs STREQUAL "")
+  message(FATAL_ERROR "README.md's quickstart has no output block")
+endif()
+# The last run (pkg-config) must print the same line again.
+string(FIND "${printed}" "${expected_outputs}" first)
+string(FIND "${printed}" "${expected_outputs}" last REVERSE)
+if(first EQUAL last)
+  message(FATAL_ERROR "README.md's pkg-config build did not print the program's line")
+endif()
+message(STATUS "README.md's quickstart works as written")
