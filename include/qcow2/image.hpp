@@ -773,6 +773,7 @@ public:
 
     /**
      * @brief Adds an empty bitmap (`qemu-img bitmap --add [-g granularity] [--disable]`).
+     * @param name the new bitmap's name (unique in the image, at most 1023 bytes).
      * @param granularity bytes of guest disk one bit covers; 0: QEMU's default, the cluster
      *        size within 4 KiB to 64 KiB.
      * @param enabled QEMU's "auto" flag: guest writes set its bits.

@@ -7353,6 +7353,7 @@ public:
 
     /**
      * @brief Adds an empty bitmap (`qemu-img bitmap --add [-g granularity] [--disable]`).
+     * @param name the new bitmap's name (unique in the image, at most 1023 bytes).
      * @param granularity bytes of guest disk one bit covers; 0: QEMU's default, the cluster
      *        size within 4 KiB to 64 KiB.
      * @param enabled QEMU's "auto" flag: guest writes set its bits.
@@ -10889,8 +10890,11 @@ public:
     /**
      * @brief Plans an image with options `o` (all but `size`) and a virtual disk of
      *        `virtual_size` bytes (rounded up to a multiple of 512), holding no data yet.
+     * @param o the image's options; `size` is not used.
+     * @param virtual_size the guest disk's size in bytes.
      * @param compressed store the data clusters compressed with `o.compression_type`, where
      *        they shrink.
+     * @param alloc allocates the lists of data clusters and lengths, and the buffers.
      * @par Errors
      * `not_supported` for what a stream cannot hold: a backing file (or format), an external
      * data file, preallocation other than `off`; `invalid_argument` for options QEMU refuses
@@ -10959,6 +10963,7 @@ public:
      * @param read reads the source; called for runs of consecutive clusters in guest order,
      *        never past `virtual_size` as given to `make` (the rest of a last partial cluster reads as
      *        zeroes).
+     * @param c compresses one cluster's bytes into a stream (as `basic_serial_compressor`).
      * @param batch_bytes data read and compressed at a time (at least one cluster).
      * @par Errors
      * The reader's and the compressor's, unchanged; `invalid_argument` after `finish`, or for
@@ -11437,6 +11442,12 @@ using stream_writer = basic_stream_writer<>;
  * to be all zeroes. With `compress`, every data cluster is read and compressed twice (see
  * `basic_stream_writer::measure`) with a `basic_serial_compressor` of `o.compression_type`.
  * @param o the image's options (`size` is not used: the disk is `virtual_size` bytes).
+ * @param virtual_size the guest disk's size in bytes.
+ * @param data the guest ranges that may hold data, in ascending order.
+ * @param compress store the data clusters compressed with `o.compression_type`, where they shrink.
+ * @param read reads the source (see `basic_stream_writer::measure`).
+ * @param sink takes the image's bytes, in order.
+ * @param alloc allocates the writer's lists and buffers.
  * @return the layout of what was written.
  * @par Errors
  * Those of `basic_stream_writer::make`, `measure`, `finish` and `write`; `invalid_argument`
