@@ -124,6 +124,114 @@ struct mapping {
     std::uint64_t compressed_size = 0; ///< compressed: bytes to read at `host_offset`
 };
 
+namespace detail {
+
+/// Gives `h` a feature name table naming every known bit, when it has none and it fits.
+inline void add_feature_names(qcow2::header& h) {
+    if (h.find_extension(extension_type::feature_names)) return;
+    qcow2::header c = h;
+    c.set_extension(extension_type::feature_names, encode_feature_names(known_features::name_table()));
+    lay_out_header(c);
+    if (encoded_header_size(c) <= c.cluster_size()) h = std::move(c);
+}
+
+/**
+ * Names the all-zero bit in `h`'s feature name table, so that readers trust it: a new
+ * table names every known bit, or, where cluster 0 has no room for that (small clusters
+ * and a long backing file name), only the all-zero bit; an existing table gets the entry
+ * (replacing another name for the bit). False when cluster 0 has no room even for that.
+ */
+inline bool name_all_zero_bit(qcow2::header& h) {
+    using az = features::all_zero;
+    std::vector<feature_name_entry> table = h.feature_names();
+    if (table_name(table, az::klass, az::bit) == az::name) return true;
+    std::erase_if(table, [](const feature_name_entry& e) { return e.klass == az::klass && e.bit == az::bit; });
+    table.push_back({az::klass, static_cast<std::uint8_t>(az::bit), std::string(az::name)});
+    const bool fresh = h.find_extension(extension_type::feature_names) == nullptr;
+    const std::vector<feature_name_entry> candidates[2] = {fresh ? known_features::name_table() : table, {table.back()}};
+    for (const auto& t : candidates) {
+        qcow2::header c = h;
+        c.set_extension(extension_type::feature_names, encode_feature_names(t));
+        lay_out_header(c);
+        if (encoded_header_size(c) <= c.cluster_size()) {
+            h = std::move(c);
+            return true;
+        }
+    }
+    return false;
+}
+
+/// The header of a new image for `o`, checked as QEMU checks the options.
+inline result<qcow2::header> plan_create(const create_options& o) {
+    using detail::cat;
+    using detail::dec;
+    auto bad = [](std::string_view m) { return error{errc::invalid_argument, m}; };
+    qcow2::header h;
+    if (o.version != 2 && o.version != 3) return bad(cat("compat level ", dec(o.version), " is unknown (2 is 0.10, 3 is 1.1)"));
+    h.version = o.version;
+    const std::uint64_t cs = o.cluster_size;
+    if (cs < 512 || cs > (std::uint64_t{2} << 20) || (cs & (cs - 1)))
+        return bad(cat("cluster size ", dec(cs), ": it must be a power of two between 512 and 2048k"));
+    h.cluster_bits = static_cast<std::uint32_t>(std::countr_zero(cs));
+    const unsigned rb = o.refcount_bits;
+    if (rb == 0 || rb > 64 || (rb & (rb - 1))) return bad("refcount width must be a power of two and may not exceed 64 bits");
+    if (o.version == 2 && rb != 16)
+        return bad("different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)");
+    h.refcount_order = static_cast<std::uint32_t>(std::countr_zero(rb));
+    if (o.version == 2) {
+        if (o.extended_l2) return bad("extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+        if (o.lazy_refcounts) return bad("lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+        if (o.compression_type != compression::zlib)
+            return bad("non-zlib compression type is only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+        if (!o.data_file.empty()) return bad("data file can only be used with compatibility level 1.1 and above (use compat=1.1 or greater)");
+    }
+    if (o.extended_l2 && cs < 16384) return bad("extended L2 entries are only supported with cluster sizes of at least 16 KB");
+    if (o.data_file_raw && o.data_file.empty()) return bad("data_file_raw requires a data file (data_file)");
+    if (o.data_file_raw && !o.backing_file.empty()) return bad("backing file and data_file_raw cannot be used at the same time");
+    if (!o.backing_format.empty() && o.backing_file.empty()) return bad("backing format cannot be used without backing file");
+    if (o.prealloc != preallocation::off && !o.backing_file.empty() && !o.extended_l2)
+        return bad("backing file and preallocation can only be used at the same time if extended_l2 is on");
+    if (o.backing_file.size() > limits::max_backing_name)
+        return error{errc::backing_name_too_long, cat("backing file name of ", dec(o.backing_file.size()), " bytes is over 1023")};
+    if (o.backing_format.size() > limits::max_backing_format)
+        return error{errc::backing_format_too_long, cat("backing format '", o.backing_format, "' is over 15 bytes")};
+    if (o.compression_type != compression::zlib && o.compression_type != compression::zstd)
+        return bad("unknown compression type");
+    h.size = (o.size + 511) & ~std::uint64_t{511};
+    if (h.size < o.size) return error{errc::image_too_large, "the virtual size overflows"};
+    if (o.version == 3) {
+        if (!o.data_file.empty()) h.incompatible_features |= features::external_data_file::mask;
+        if (o.compression_type == compression::zstd) {
+            h.incompatible_features |= features::compression_type::mask;
+            h.compression_type = static_cast<std::uint8_t>(compression::zstd);
+        }
+        if (o.extended_l2) h.incompatible_features |= features::extended_l2::mask;
+        if (o.lazy_refcounts) h.compatible_features |= features::lazy_refcounts::mask;
+        if (o.data_file_raw) h.autoclear_features |= features::raw_external_data::mask;
+    } else {
+        h.header_length = v2_header_length;
+        h.refcount_order = 4;
+        h.unknown_fields.clear();
+    }
+    const std::uint64_t l1 = h.min_l1_entries();
+    if (l1 * 8 > limits::max_l1_bytes)
+        return error{errc::image_too_large, cat("a virtual size of ", dec(h.size), " bytes needs an L1 table of ", dec(l1 * 8),
+                                                " bytes, more than 32 MiB (use larger clusters)")};
+    h.l1_size = static_cast<std::uint32_t>(l1);
+    // QEMU's extension order: backing format, data file name, feature name table.
+    if (!o.backing_format.empty()) h.set_extension(extension_type::backing_format, detail::to_bytes(o.backing_format));
+    if (!o.data_file.empty()) h.set_extension(extension_type::data_file, detail::to_bytes(o.data_file));
+    h.backing_file = o.backing_file;
+    lay_out_header(h);
+    if (encoded_header_size(h) > cs) return error{errc::backing_name_too_long, "the backing file name does not fit in cluster 0"};
+    // Version 3 images without a data file start with the all-zero bit, named in the table.
+    if (o.version == 3 && o.data_file.empty() && name_all_zero_bit(h)) h.autoclear_features |= features::all_zero::mask;
+    else if (o.version == 3) add_feature_names(h);
+    return h; // validated by encode_header, once the layout is known
+}
+
+} // namespace detail
+
 // The image holds codec state whose layout depends on QCOW2_HAS_*: keep it in the ABI namespace.
 inline namespace QCOW2_ABI_NAMESPACE {
 
@@ -366,7 +474,7 @@ public:
         requires file_resolver<std::remove_cvref_t<Resolver>, Backend>
     static result<zeroed<basic_image>> create(Backend file, const create_options& o, Resolver&& resolve = {},
                                               open_options opts = {}, const Allocator& alloc = Allocator()) {
-        auto h = plan_create(o);
+        auto h = detail::plan_create(o);
         if (!h) return h.error();
         std::optional<Backend> data;
         if (!o.data_file.empty()) {
@@ -2018,7 +2126,7 @@ private:
         // Only now, with the emptying durable, may the image claim to read as zero.
         if (header_.version >= 3 && !geometry_.external_data) {
             qcow2::header h = header_;
-            if (name_all_zero_bit(h)) {
+            if (detail::name_all_zero_bit(h)) {
                 h.autoclear_features |= features::all_zero::mask;
                 const qcow2::header old = std::move(header_);
                 header_ = std::move(h);
@@ -2042,7 +2150,7 @@ private:
             h.version = 3;
             h.refcount_order = 4;
             h.unknown_fields = std::vector<std::byte>(7);
-            add_feature_names(h);
+            detail::add_feature_names(h);
             lay_out_header(h);
             if (encoded_header_size(h) > cluster_size()) h.remove_extension(extension_type::feature_names), lay_out_header(h);
             if (auto r = swap_header(std::move(h)); !r) return r;
@@ -2818,110 +2926,6 @@ private:
     }
 
     // ----------------------------------------------------------------- creating
-
-    /// The header of a new image for `o`, checked as QEMU checks the options.
-    static result<qcow2::header> plan_create(const create_options& o) {
-        using detail::cat;
-        using detail::dec;
-        auto bad = [](std::string_view m) { return error{errc::invalid_argument, m}; };
-        qcow2::header h;
-        if (o.version != 2 && o.version != 3) return bad(cat("compat level ", dec(o.version), " is unknown (2 is 0.10, 3 is 1.1)"));
-        h.version = o.version;
-        const std::uint64_t cs = o.cluster_size;
-        if (cs < 512 || cs > (std::uint64_t{2} << 20) || (cs & (cs - 1)))
-            return bad(cat("cluster size ", dec(cs), ": it must be a power of two between 512 and 2048k"));
-        h.cluster_bits = static_cast<std::uint32_t>(std::countr_zero(cs));
-        const unsigned rb = o.refcount_bits;
-        if (rb == 0 || rb > 64 || (rb & (rb - 1))) return bad("refcount width must be a power of two and may not exceed 64 bits");
-        if (o.version == 2 && rb != 16)
-            return bad("different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)");
-        h.refcount_order = static_cast<std::uint32_t>(std::countr_zero(rb));
-        if (o.version == 2) {
-            if (o.extended_l2) return bad("extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
-            if (o.lazy_refcounts) return bad("lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
-            if (o.compression_type != compression::zlib)
-                return bad("non-zlib compression type is only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
-            if (!o.data_file.empty()) return bad("data file can only be used with compatibility level 1.1 and above (use compat=1.1 or greater)");
-        }
-        if (o.extended_l2 && cs < 16384) return bad("extended L2 entries are only supported with cluster sizes of at least 16 KB");
-        if (o.data_file_raw && o.data_file.empty()) return bad("data_file_raw requires a data file (data_file)");
-        if (o.data_file_raw && !o.backing_file.empty()) return bad("backing file and data_file_raw cannot be used at the same time");
-        if (!o.backing_format.empty() && o.backing_file.empty()) return bad("backing format cannot be used without backing file");
-        if (o.prealloc != preallocation::off && !o.backing_file.empty() && !o.extended_l2)
-            return bad("backing file and preallocation can only be used at the same time if extended_l2 is on");
-        if (o.backing_file.size() > limits::max_backing_name)
-            return error{errc::backing_name_too_long, cat("backing file name of ", dec(o.backing_file.size()), " bytes is over 1023")};
-        if (o.backing_format.size() > limits::max_backing_format)
-            return error{errc::backing_format_too_long, cat("backing format '", o.backing_format, "' is over 15 bytes")};
-        if (o.compression_type != compression::zlib && o.compression_type != compression::zstd)
-            return bad("unknown compression type");
-        h.size = (o.size + 511) & ~std::uint64_t{511};
-        if (h.size < o.size) return error{errc::image_too_large, "the virtual size overflows"};
-        if (o.version == 3) {
-            if (!o.data_file.empty()) h.incompatible_features |= features::external_data_file::mask;
-            if (o.compression_type == compression::zstd) {
-                h.incompatible_features |= features::compression_type::mask;
-                h.compression_type = static_cast<std::uint8_t>(compression::zstd);
-            }
-            if (o.extended_l2) h.incompatible_features |= features::extended_l2::mask;
-            if (o.lazy_refcounts) h.compatible_features |= features::lazy_refcounts::mask;
-            if (o.data_file_raw) h.autoclear_features |= features::raw_external_data::mask;
-        } else {
-            h.header_length = v2_header_length;
-            h.refcount_order = 4;
-            h.unknown_fields.clear();
-        }
-        const std::uint64_t l1 = h.min_l1_entries();
-        if (l1 * 8 > limits::max_l1_bytes)
-            return error{errc::image_too_large, cat("a virtual size of ", dec(h.size), " bytes needs an L1 table of ", dec(l1 * 8),
-                                                    " bytes, more than 32 MiB (use larger clusters)")};
-        h.l1_size = static_cast<std::uint32_t>(l1);
-        // QEMU's extension order: backing format, data file name, feature name table.
-        if (!o.backing_format.empty()) h.set_extension(extension_type::backing_format, detail::to_bytes(o.backing_format));
-        if (!o.data_file.empty()) h.set_extension(extension_type::data_file, detail::to_bytes(o.data_file));
-        h.backing_file = o.backing_file;
-        lay_out_header(h);
-        if (encoded_header_size(h) > cs) return error{errc::backing_name_too_long, "the backing file name does not fit in cluster 0"};
-        // Version 3 images without a data file start with the all-zero bit, named in the table.
-        if (o.version == 3 && o.data_file.empty() && name_all_zero_bit(h)) h.autoclear_features |= features::all_zero::mask;
-        else if (o.version == 3) add_feature_names(h);
-        return h; // validated by encode_header, once the layout is known
-    }
-
-    /// Gives `h` a feature name table naming every known bit, when it has none and it fits.
-    static void add_feature_names(qcow2::header& h) {
-        if (h.find_extension(extension_type::feature_names)) return;
-        qcow2::header c = h;
-        c.set_extension(extension_type::feature_names, encode_feature_names(known_features::name_table()));
-        lay_out_header(c);
-        if (encoded_header_size(c) <= c.cluster_size()) h = std::move(c);
-    }
-
-    /**
-     * Names the all-zero bit in `h`'s feature name table, so that readers trust it: a new
-     * table names every known bit, or, where cluster 0 has no room for that (small clusters
-     * and a long backing file name), only the all-zero bit; an existing table gets the entry
-     * (replacing another name for the bit). False when cluster 0 has no room even for that.
-     */
-    static bool name_all_zero_bit(qcow2::header& h) {
-        using az = features::all_zero;
-        std::vector<feature_name_entry> table = h.feature_names();
-        if (table_name(table, az::klass, az::bit) == az::name) return true;
-        std::erase_if(table, [](const feature_name_entry& e) { return e.klass == az::klass && e.bit == az::bit; });
-        table.push_back({az::klass, static_cast<std::uint8_t>(az::bit), std::string(az::name)});
-        const bool fresh = h.find_extension(extension_type::feature_names) == nullptr;
-        const std::vector<feature_name_entry> candidates[2] = {fresh ? known_features::name_table() : table, {table.back()}};
-        for (const auto& t : candidates) {
-            qcow2::header c = h;
-            c.set_extension(extension_type::feature_names, encode_feature_names(t));
-            lay_out_header(c);
-            if (encoded_header_size(c) <= c.cluster_size()) {
-                h = std::move(c);
-                return true;
-            }
-        }
-        return false;
-    }
 
     /**
      * Writes a new image: header, refcount table, refcount blocks, L1 table and (with

@@ -227,67 +227,17 @@ private:
     std::uint64_t deferred_ = 0; // bytes of plain clusters placed after it
 };
 
-/// The header of a streamed image (offsets still 0), with `create`'s checks and messages.
+/// The header of a streamed image (offsets still 0), with `create`'s checks and messages; the
+/// all-zero bit is left to the writer (set when no cluster holds data).
 inline result<header> stream_header(const create_options& o, std::uint64_t virtual_size) {
-    using detail::cat;
-    using detail::dec;
     auto unsupported = [](std::string_view m) { return error{errc::not_supported, m}; };
-    auto bad = [](std::string_view m) { return error{errc::invalid_argument, m}; };
     if (!o.backing_file.empty() || !o.backing_format.empty()) return unsupported("a streamed image cannot have a backing file");
     if (!o.data_file.empty() || o.data_file_raw) return unsupported("a streamed image cannot have an external data file");
     if (o.prealloc != preallocation::off) return unsupported("a streamed image cannot be preallocated (preallocation must be off)");
-    header h;
-    if (o.version != 2 && o.version != 3) return bad(cat("compat level ", dec(o.version), " is unknown (2 is 0.10, 3 is 1.1)"));
-    h.version = o.version;
-    const std::uint64_t cs = o.cluster_size;
-    if (cs < 512 || cs > (std::uint64_t{2} << 20) || (cs & (cs - 1)))
-        return bad(cat("cluster size ", dec(cs), ": it must be a power of two between 512 and 2048k"));
-    h.cluster_bits = static_cast<std::uint32_t>(std::countr_zero(cs));
-    const unsigned rb = o.refcount_bits;
-    if (rb == 0 || rb > 64 || (rb & (rb - 1))) return bad("refcount width must be a power of two and may not exceed 64 bits");
-    if (o.version == 2 && rb != 16)
-        return bad("different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)");
-    h.refcount_order = static_cast<std::uint32_t>(std::countr_zero(rb));
-    if (o.compression_type != compression::zlib && o.compression_type != compression::zstd) return bad("unknown compression type");
-    if (o.version == 2) {
-        if (o.extended_l2) return bad("extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
-        if (o.lazy_refcounts) return bad("lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
-        if (o.compression_type != compression::zlib)
-            return bad("non-zlib compression type is only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
-        h.header_length = v2_header_length;
-        h.unknown_fields.clear();
-    } else {
-        if (o.compression_type == compression::zstd) {
-            h.incompatible_features |= features::compression_type::mask;
-            h.compression_type = static_cast<std::uint8_t>(compression::zstd);
-        }
-        if (o.extended_l2) h.incompatible_features |= features::extended_l2::mask;
-        if (o.lazy_refcounts) h.compatible_features |= features::lazy_refcounts::mask;
-    }
-    if (o.extended_l2 && cs < 16384) return bad("extended L2 entries are only supported with cluster sizes of at least 16 KB");
-    h.size = (virtual_size + 511) & ~std::uint64_t{511};
-    if (h.size < virtual_size) return error{errc::image_too_large, "the virtual size overflows"};
-    const std::uint64_t l1 = h.min_l1_entries();
-    if (l1 * 8 > limits::max_l1_bytes)
-        return error{errc::image_too_large, cat("a virtual size of ", dec(h.size), " bytes needs an L1 table of ", dec(l1 * 8),
-                                                " bytes, more than 32 MiB (use larger clusters)")};
-    h.l1_size = static_cast<std::uint32_t>(l1);
-    lay_out_header(h);
-    if (h.version == 3) {
-        // The table `create` writes: every known bit, or only the all-zero bit where that is all cluster 0 holds.
-        using az = features::all_zero;
-        const std::vector<feature_name_entry> candidates[2] = {
-            known_features::name_table(), {feature_name_entry{az::klass, static_cast<std::uint8_t>(az::bit), std::string(az::name)}}};
-        for (const auto& t : candidates) {
-            header c = h;
-            c.set_extension(extension_type::feature_names, encode_feature_names(t));
-            lay_out_header(c);
-            if (encoded_header_size(c) <= cs) {
-                h = std::move(c);
-                break;
-            }
-        }
-    }
+    create_options c = o;
+    c.size = virtual_size;
+    auto h = plan_create(c);
+    if (h) h->autoclear_features &= ~features::all_zero::mask;
     return h;
 }
 
