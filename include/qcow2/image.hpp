@@ -2544,7 +2544,14 @@ private:
     result<void> load_l1(const open_options& opts) {
         geometry_ = {header_.cluster_bits, header_.extended_l2(),
                      (header_.incompatible_features & features::external_data_file::mask) != 0, header_.version == 2};
-        auto cache = basic_table_cache<Allocator>::make(opts.cache_bytes, static_cast<std::size_t>(cluster_size()), alloc_);
+        // A read-only image (every backing layer) keeps its L1 table as it is: it never has more
+        // L2 tables than L1 entries, so its cache needs no more slots (a deep chain of small
+        // images then does not take cache_bytes per layer).
+        std::size_t cache_bytes = opts.cache_bytes;
+        if (!writable_)
+            cache_bytes = static_cast<std::size_t>(
+                std::min<std::uint64_t>(cache_bytes, std::max<std::uint64_t>(header_.l1_size, 2) * cluster_size()));
+        auto cache = basic_table_cache<Allocator>::make(cache_bytes, static_cast<std::size_t>(cluster_size()), alloc_);
         if (!cache) return cache.error();
         l2_cache_ = std::make_unique<basic_table_cache<Allocator>>(std::move(*cache));
         decompressor_.emplace(header_.compression_kind());

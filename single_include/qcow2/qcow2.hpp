@@ -4652,7 +4652,8 @@ result<void> read_zero_padded(B& b, std::uint64_t file_size, std::uint64_t offse
     const std::uint64_t avail = offset >= file_size ? 0 : std::min<std::uint64_t>(out.size(), file_size - offset);
     if (avail)
         if (auto r = io::read_exact(b, offset, out.first(static_cast<std::size_t>(avail)), what); !r) return r;
-    std::memset(out.data() + avail, 0, out.size() - static_cast<std::size_t>(avail));
+    // An empty `out` may have no storage at all (memset of a null pointer is undefined).
+    if (avail < out.size()) std::memset(out.data() + avail, 0, out.size() - static_cast<std::size_t>(avail));
     return {};
 }
 } // namespace detail
@@ -5448,9 +5449,10 @@ struct posix_resolver_options {
 /**
  * @brief Opens local files named by images, relative to the directory of the image naming them.
  *
- * Refuses protocol and `json:` names always; absolute names and names that leave the
- * directory of the first image (through `..` or symbolic links) unless allowed; a file that
- * is already part of the chain (a loop). Construct it with the path of the image you open.
+ * Refuses protocol and `json:` names and names holding a NUL byte always; absolute names
+ * and names that leave the directory of the first image (through `..` or symbolic links)
+ * unless allowed; a file that is already part of the chain (a loop). The file opened is
+ * the resolved path that was checked. Construct it with the path of the image you open.
  */
 class posix_resolver {
 public:
@@ -5467,6 +5469,8 @@ public:
                          detail::cat(q.role == file_role::backing ? "backing file '" : "data file '", q.name, "' refused: ", why)};
         };
         if (q.name.empty()) return refuse("empty name");
+        // The system would see only the part before the NUL: refuse rather than open another name.
+        if (q.name.find('\0') != std::string_view::npos) return refuse("names holding a NUL byte are not opened");
         if (is_protocol_name(q.name)) return refuse("protocol and json: names are not opened");
         if (q.name.front() == '/' && !opts_.allow_absolute) return refuse("absolute names are not allowed");
         if (q.depth >= paths_.size()) return refuse("internal: unknown referring image");
@@ -5484,6 +5488,8 @@ public:
         }
         if (!opts_.allow_outside) {
             const std::string top_dir = directory_of(canonical(paths_.front()));
+            // An empty top_dir (the first image's path does not resolve) would let every name through.
+            if (top_dir.empty()) return refuse(detail::cat("the directory of '", paths_.front(), "' cannot be resolved"));
             if (real.compare(0, top_dir.size(), top_dir) != 0) return refuse("it lies outside the image's directory");
         }
         if (q.role == file_role::backing) {
@@ -5492,7 +5498,8 @@ public:
             paths_.resize(q.depth + 1);
             paths_.push_back(path);
         }
-        return io::posix_file::open(path, q.writable ? io::open_mode::read_write : io::open_mode::read_only);
+        // Open the resolved path that was checked (it held no links then), not the name again.
+        return io::posix_file::open(real, q.writable ? io::open_mode::read_write : io::open_mode::read_only);
     }
 
 private:
@@ -9045,7 +9052,14 @@ private:
     result<void> load_l1(const open_options& opts) {
         geometry_ = {header_.cluster_bits, header_.extended_l2(),
                      (header_.incompatible_features & features::external_data_file::mask) != 0, header_.version == 2};
-        auto cache = basic_table_cache<Allocator>::make(opts.cache_bytes, static_cast<std::size_t>(cluster_size()), alloc_);
+        // A read-only image (every backing layer) keeps its L1 table as it is: it never has more
+        // L2 tables than L1 entries, so its cache needs no more slots (a deep chain of small
+        // images then does not take cache_bytes per layer).
+        std::size_t cache_bytes = opts.cache_bytes;
+        if (!writable_)
+            cache_bytes = static_cast<std::size_t>(
+                std::min<std::uint64_t>(cache_bytes, std::max<std::uint64_t>(header_.l1_size, 2) * cluster_size()));
+        auto cache = basic_table_cache<Allocator>::make(cache_bytes, static_cast<std::size_t>(cluster_size()), alloc_);
         if (!cache) return cache.error();
         l2_cache_ = std::make_unique<basic_table_cache<Allocator>>(std::move(*cache));
         decompressor_.emplace(header_.compression_kind());
