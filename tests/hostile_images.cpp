@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -147,6 +148,15 @@ outcome run_image(Backend file, Resolver&& resolve, const qcow2::open_options& o
         }
     }
     o.peak = stats.peak_bytes;
+    if (std::getenv("QCOW2_HOSTILE_VERBOSE")) { // what each image gave, for reading the corpus
+        const auto text = [](const std::optional<qcow2::error>& e) { return e ? e->what() : std::string("ok"); };
+        WARN("open: " << text(o.open_error) << "\nmap: " << text(o.map_error) << "\nread: " << text(o.read_error)
+                      << "\ncheck: " << (o.report ? std::to_string(o.report->corruptions) + " corruptions, " +
+                                                         std::to_string(o.report->leaks) + " leaks, " +
+                                                         std::to_string(o.report->check_errors) + " check errors"
+                                                   : text(o.check_error))
+                      << "\npeak: " << o.peak << " bytes");
+    }
     CHECK(stats.current_bytes == 0); // the image gave back all it took
     CHECK(stats.peak_bytes <= bound);
     // Every error is clear: a code and a message.
@@ -185,6 +195,8 @@ void reads(const outcome& o, const bytes& disk) {
     REQUIRE_FALSE(o.open_error);
     INFO("read: " << (o.read_error ? o.read_error->what() : std::string("ok")));
     REQUIRE_FALSE(o.read_error);
+    INFO("map: " << (o.map_error ? o.map_error->what() : std::string("ok")));
+    CHECK_FALSE(o.map_error); // what reads maps
     REQUIRE(o.disk.size() == disk.size());
     CHECK(o.disk == disk);
 }
@@ -351,9 +363,8 @@ std::vector<hostile_case> corpus() {
         B t;
         poke64(t.f, static_cast<std::size_t>(cs), 4096 * cs);
         auto o = run_memory(t.f);
-        reads(o, B::disk());
-        REQUIRE((o.report || o.check_error));
-        if (o.report) CHECK(o.report->check_errors + o.report->corruptions > 0);
+        reads(o, B::disk()); // and maps, as qemu-img map does
+        check_finds_corruption(o);
     });
     add("virtual size of 2^62 bytes with a matching L1 size", [] {
         B t;
@@ -367,7 +378,9 @@ std::vector<hostile_case> corpus() {
         B t;
         poke64(t.f, qcow2::test::field::l1_table_offset, 0);
         auto o = run_memory(t.f);
-        REQUIRE((o.open_error || o.read_error));
+        // L1[0] is the magic and version: an L2 table at 0x4649fb00000000, past the end of the file.
+        read_fails(o, errc::short_read, "L2 table at host offset 0x4649fb00000000 (L1 index 0)");
+        check_finds_corruption(o);
     });
     add("L1 table on the refcount table", [] {
         B t;
@@ -390,11 +403,15 @@ std::vector<hostile_case> corpus() {
     });
     add("L2 entry pointing at the header", [] {
         B t;
-        t.l2(1, 0 | copied | 0); // offset 0: unallocated despite the COPIED flag
-        t.l2(2, cs * 0 + copied);
+        t.l2(1, copied); // host offset 0, the header: unallocated despite the COPIED flag, as in QEMU
+        t.l2(2, copied);
         auto o = run_memory(t.f);
-        REQUIRE_FALSE(o.open_error);
-        REQUIRE((o.read_error || o.disk.size() == read_limit));
+        bytes d = B::disk();
+        std::fill_n(d.begin() + static_cast<std::ptrdiff_t>(cs), 2 * cs, std::byte{0});
+        reads(o, d);
+        INFO(check_text(o));
+        REQUIRE(o.report);
+        CHECK(o.report->leaks == 2); // clusters 6 and 7 are no longer referenced
     });
     add("L2 entry pointing at the refcount table", [] {
         B t;
@@ -463,10 +480,9 @@ std::vector<hostile_case> corpus() {
         B t;
         t.l1(0, 4 * cs | copied | 0x100);
         auto o = run_memory(t.f);
-        // As in QEMU, reads take the offset bits only.
+        // As in QEMU, reads take the offset bits only; check reports the entry.
         reads(o, B::disk());
-        INFO(check_text(o));
-        REQUIRE(o.report);
+        check_finds_corruption(o);
     });
     add("L2 entry with reserved bits", [] {
         B t;
@@ -545,8 +561,7 @@ std::vector<hostile_case> corpus() {
         // As QEMU does, the cluster is the first 4 KiB the stream inflates to; the rest is never made.
         bytes d = B::disk();
         std::fill_n(d.begin() + static_cast<std::ptrdiff_t>(cs), cs, std::byte{0});
-        if (o.read_error) CHECK(o.read_error->is(errc::invalid_compressed_data));
-        else reads(o, d);
+        reads(o, d);
     });
 #endif
 #if QCOW2_HAS_ZSTD
@@ -561,10 +576,8 @@ std::vector<hostile_case> corpus() {
         t.f.resize(static_cast<std::size_t>(10 * cs));
         t.l2(1, qcow2::encode_compressed(8 * cs, z.size(), 12));
         auto o = run_memory(t.f);
-        bytes d = B::disk();
-        std::fill_n(d.begin() + static_cast<std::ptrdiff_t>(cs), cs, std::byte{0});
-        if (o.read_error) CHECK(o.read_error->is(errc::invalid_compressed_data));
-        else reads(o, d);
+        // As QEMU's zstd clusters: a frame that goes on past the cluster is an error.
+        read_fails(o, errc::invalid_compressed_data, "the frame goes on past the end of the cluster");
     });
 #endif
 
@@ -589,8 +602,8 @@ std::vector<hostile_case> corpus() {
     add("feature name table of 47 bytes", [] {
         B t([](image_builder& b) { b.extension(qcow2::extension_type::feature_names, bytes(47, std::byte{0})); });
         auto o = run_memory(t.f);
-        if (o.open_error) CHECK(o.open_error->is(errc::extension_too_large));
-        else reads(o, B::disk());
+        reads(o, B::disk()); // as QEMU, a torn last entry is ignored: the table only names bits
+        check_clean(o);
     });
     add("bitmaps extension claiming 2^40 bytes of directory", [] {
         B t([](image_builder& b) {
@@ -598,27 +611,21 @@ std::vector<hostile_case> corpus() {
             b.h.set_extension(qcow2::extension_type::bitmaps,
                               qcow2::encode_bitmaps_extension({1, 0, std::uint64_t{1} << 40, 8 * cs}));
         });
-        auto o = run_memory(t.f);
-        REQUIRE(o.open_error);
-        CHECK((o.open_error->is(errc::invalid_bitmap_directory) || o.open_error->is(errc::extension_too_large)));
+        refused(run_memory(t.f), errc::invalid_bitmap_directory, "bitmap directory of 1099511627776 bytes at 0x8000 is too large");
     });
     add("bitmaps extension claiming 2^31 bitmaps", [] {
         B t([](image_builder& b) {
             b.h.autoclear_features |= qcow2::features::bitmaps::mask;
             b.h.set_extension(qcow2::extension_type::bitmaps, qcow2::encode_bitmaps_extension({0x80000000u, 0, 4096, 8 * cs}));
         });
-        auto o = run_memory(t.f);
-        REQUIRE(o.open_error);
-        CHECK((o.open_error->is(errc::invalid_bitmap_directory) || o.open_error->is(errc::extension_too_large)));
+        refused(run_memory(t.f), errc::invalid_bitmap_directory, "bitmap directory of 4096 bytes at 0x8000");
     });
     add("bitmap directory past the end of the file", [] {
         B t([](image_builder& b) {
             b.h.autoclear_features |= qcow2::features::bitmaps::mask;
             b.h.set_extension(qcow2::extension_type::bitmaps, qcow2::encode_bitmaps_extension({1, 0, 4096, 10000 * cs}));
         });
-        auto o = run_memory(t.f);
-        REQUIRE(o.open_error);
-        CHECK((o.open_error->is(errc::invalid_bitmap_directory) || o.open_error->is(errc::short_read)));
+        refused(run_memory(t.f), errc::invalid_bitmap_directory, "bitmap directory of 4096 bytes at 0x2710000 is too large or past");
     });
     add("encryption extension claiming a LUKS header past the end of the file", [] {
         B t([](image_builder& b) {
@@ -629,9 +636,8 @@ std::vector<hostile_case> corpus() {
             b.h.set_extension(qcow2::extension_type::encryption, e);
         });
         auto o = run_memory(t.f);
-        // Opening may succeed (metadata reads), guest data is refused as encrypted.
-        if (o.open_error) CHECK_FALSE(o.open_error->message().empty());
-        else CHECK(o.read_error);
+        // The image opens (its metadata is plain), its guest data is refused, never returned as ciphertext.
+        read_fails(o, errc::unsupported_encryption, "decryption is not built");
     });
     add("backing name length running past cluster 0", [] {
         B t([](image_builder& b) { b.backing("base.raw"); });
@@ -671,17 +677,13 @@ std::vector<hostile_case> corpus() {
         auto o = run_memory(f);
         reads(o, B::disk());
         // The L2 table's entries read as L1 entries: check reports them.
-        REQUIRE((o.report || o.check_error));
-        if (o.report) CHECK(o.report->corruptions > 0);
+        check_finds_corruption(o);
     });
     add("snapshot whose L1 table is past the end of the file", [] {
         auto f = with_snapshot_table(1, snapshot_entry_bytes(100000 * cs, 8, 1, 1, 0, 8));
-        auto o = run_memory(f);
-        if (o.open_error) CHECK(o.open_error->is(errc::invalid_snapshot_table));
-        else {
-            reads(o, B::disk());
-            REQUIRE((o.check_error || (o.report && o.report->corruptions + o.report->check_errors > 0)));
-        }
+        auto o = run_memory(f); // check used to memset a null pointer here (the table has no entry in the file)
+        reads(o, B::disk());
+        check_finds_corruption(o);
     });
 
     // --- backing chains that loop or go deep (in memory) ---
