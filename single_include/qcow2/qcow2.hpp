@@ -5451,8 +5451,8 @@ struct posix_resolver_options {
  *
  * Refuses protocol and `json:` names and names holding a NUL byte always; absolute names
  * and names that leave the directory of the first image (through `..` or symbolic links)
- * unless allowed; a file that is already part of the chain (a loop). The file opened is
- * the resolved path that was checked. Construct it with the path of the image you open.
+ * unless allowed; a file that is already part of the chain (a loop). The file is opened by
+ * the name composed (as qemu-img names it), after its resolved path was checked. Construct it with the path of the image you open.
  */
 class posix_resolver {
 public:
@@ -5498,8 +5498,7 @@ public:
             paths_.resize(q.depth + 1);
             paths_.push_back(path);
         }
-        // Open the resolved path that was checked (it held no links then), not the name again.
-        return io::posix_file::open(real, q.writable ? io::open_mode::read_write : io::open_mode::read_only);
+        return io::posix_file::open(path, q.writable ? io::open_mode::read_write : io::open_mode::read_only);
     }
 
 private:
