@@ -66,9 +66,10 @@ struct posix_resolver_options {
 /**
  * @brief Opens local files named by images, relative to the directory of the image naming them.
  *
- * Refuses protocol and `json:` names always; absolute names and names that leave the
- * directory of the first image (through `..` or symbolic links) unless allowed; a file that
- * is already part of the chain (a loop). Construct it with the path of the image you open.
+ * Refuses protocol and `json:` names and names holding a NUL byte always; absolute names
+ * and names that leave the directory of the first image (through `..` or symbolic links)
+ * unless allowed; a file that is already part of the chain (a loop). The file is opened by
+ * the name composed (as qemu-img names it), after its resolved path was checked. Construct it with the path of the image you open.
  */
 class posix_resolver {
 public:
@@ -85,6 +86,8 @@ public:
                          detail::cat(q.role == file_role::backing ? "backing file '" : "data file '", q.name, "' refused: ", why)};
         };
         if (q.name.empty()) return refuse("empty name");
+        // The system would see only the part before the NUL: refuse rather than open another name.
+        if (q.name.find('\0') != std::string_view::npos) return refuse("names holding a NUL byte are not opened");
         if (is_protocol_name(q.name)) return refuse("protocol and json: names are not opened");
         if (q.name.front() == '/' && !opts_.allow_absolute) return refuse("absolute names are not allowed");
         if (q.depth >= paths_.size()) return refuse("internal: unknown referring image");
@@ -102,6 +105,8 @@ public:
         }
         if (!opts_.allow_outside) {
             const std::string top_dir = directory_of(canonical(paths_.front()));
+            // An empty top_dir (the first image's path does not resolve) would let every name through.
+            if (top_dir.empty()) return refuse(detail::cat("the directory of '", paths_.front(), "' cannot be resolved"));
             if (real.compare(0, top_dir.size(), top_dir) != 0) return refuse("it lies outside the image's directory");
         }
         if (q.role == file_role::backing) {

@@ -2492,17 +2492,21 @@ private:
 
     result<void> apply_snapshot_impl(std::size_t index) {
         const snapshot_entry sn = snapshots_[index];
-        // The disk takes the snapshot's size (newer QEMU resizes too; an old entry without it keeps the size).
-        if (const auto size = sn.disk_size(); size && *size != header_.size) {
-            if (*size % 512) return error{errc::image_corrupt, "the snapshot's disk size is not a multiple of 512"};
-            if (auto r = resize_impl(*size); !r) return r;
-        }
+        const auto size = sn.disk_size();
+        if (size && *size != header_.size && *size % 512)
+            return error{errc::image_corrupt, "the snapshot's disk size is not a multiple of 512"};
         if (auto r = commit(true); !r) return r;
         auto l1 = read_snapshot_l1(sn);
         if (!l1) return l1.error();
+        // The snapshot's clusters take their new reference first: a refusal (refcount_overflow)
+        // then leaves the image as it was, the size included. (QEMU resizes first.)
+        if (auto r = reference_all(*l1); !r) return r;
+        // The disk takes the snapshot's size (newer QEMU resizes too; an old entry without it keeps the size).
+        if (size && *size != header_.size)
+            if (auto r = resize_impl(*size); !r) return r; // the references made are leaks, never corruption
+        if (auto r = commit(true); !r) return r;
         if (l1->size() > l1_.size())
             if (auto r = grow_l1(l1->size()); !r) return r;
-        if (auto r = reference_all(*l1); !r) return r;
         // The old active references go once the new L1 table is durable.
         std::vector<std::uint64_t, u64_alloc> old(l1_.begin(), l1_.end(), u64_alloc(alloc_));
         std::fill(l1_.begin(), l1_.end(), 0);
@@ -3064,7 +3068,14 @@ private:
     result<void> load_l1(const open_options& opts) {
         geometry_ = {header_.cluster_bits, header_.extended_l2(),
                      (header_.incompatible_features & features::external_data_file::mask) != 0, header_.version == 2};
-        auto cache = basic_table_cache<Allocator>::make(opts.cache_bytes, static_cast<std::size_t>(cluster_size()), alloc_);
+        // A read-only image (every backing layer) keeps its L1 table as it is: it never has more
+        // L2 tables than L1 entries, so its cache needs no more slots (a deep chain of small
+        // images then does not take cache_bytes per layer).
+        std::size_t cache_bytes = opts.cache_bytes;
+        if (!writable_)
+            cache_bytes = static_cast<std::size_t>(
+                std::min<std::uint64_t>(cache_bytes, std::max<std::uint64_t>(header_.l1_size, 2) * cluster_size()));
+        auto cache = basic_table_cache<Allocator>::make(cache_bytes, static_cast<std::size_t>(cluster_size()), alloc_);
         if (!cache) return cache.error();
         l2_cache_ = std::make_unique<basic_table_cache<Allocator>>(std::move(*cache));
         decompressor_.emplace(header_.compression_kind());

@@ -4729,7 +4729,8 @@ result<void> read_zero_padded(B& b, std::uint64_t file_size, std::uint64_t offse
     const std::uint64_t avail = offset >= file_size ? 0 : std::min<std::uint64_t>(out.size(), file_size - offset);
     if (avail)
         if (auto r = io::read_exact(b, offset, out.first(static_cast<std::size_t>(avail)), what); !r) return r;
-    std::memset(out.data() + avail, 0, out.size() - static_cast<std::size_t>(avail));
+    // An empty `out` may have no storage at all (memset of a null pointer is undefined).
+    if (avail < out.size()) std::memset(out.data() + avail, 0, out.size() - static_cast<std::size_t>(avail));
     return {};
 }
 } // namespace detail
@@ -5525,9 +5526,10 @@ struct posix_resolver_options {
 /**
  * @brief Opens local files named by images, relative to the directory of the image naming them.
  *
- * Refuses protocol and `json:` names always; absolute names and names that leave the
- * directory of the first image (through `..` or symbolic links) unless allowed; a file that
- * is already part of the chain (a loop). Construct it with the path of the image you open.
+ * Refuses protocol and `json:` names and names holding a NUL byte always; absolute names
+ * and names that leave the directory of the first image (through `..` or symbolic links)
+ * unless allowed; a file that is already part of the chain (a loop). The file is opened by
+ * the name composed (as qemu-img names it), after its resolved path was checked. Construct it with the path of the image you open.
  */
 class posix_resolver {
 public:
@@ -5544,6 +5546,8 @@ public:
                          detail::cat(q.role == file_role::backing ? "backing file '" : "data file '", q.name, "' refused: ", why)};
         };
         if (q.name.empty()) return refuse("empty name");
+        // The system would see only the part before the NUL: refuse rather than open another name.
+        if (q.name.find('\0') != std::string_view::npos) return refuse("names holding a NUL byte are not opened");
         if (is_protocol_name(q.name)) return refuse("protocol and json: names are not opened");
         if (q.name.front() == '/' && !opts_.allow_absolute) return refuse("absolute names are not allowed");
         if (q.depth >= paths_.size()) return refuse("internal: unknown referring image");
@@ -5561,6 +5565,8 @@ public:
         }
         if (!opts_.allow_outside) {
             const std::string top_dir = directory_of(canonical(paths_.front()));
+            // An empty top_dir (the first image's path does not resolve) would let every name through.
+            if (top_dir.empty()) return refuse(detail::cat("the directory of '", paths_.front(), "' cannot be resolved"));
             if (real.compare(0, top_dir.size(), top_dir) != 0) return refuse("it lies outside the image's directory");
         }
         if (q.role == file_role::backing) {
@@ -9071,17 +9077,21 @@ private:
 
     result<void> apply_snapshot_impl(std::size_t index) {
         const snapshot_entry sn = snapshots_[index];
-        // The disk takes the snapshot's size (newer QEMU resizes too; an old entry without it keeps the size).
-        if (const auto size = sn.disk_size(); size && *size != header_.size) {
-            if (*size % 512) return error{errc::image_corrupt, "the snapshot's disk size is not a multiple of 512"};
-            if (auto r = resize_impl(*size); !r) return r;
-        }
+        const auto size = sn.disk_size();
+        if (size && *size != header_.size && *size % 512)
+            return error{errc::image_corrupt, "the snapshot's disk size is not a multiple of 512"};
         if (auto r = commit(true); !r) return r;
         auto l1 = read_snapshot_l1(sn);
         if (!l1) return l1.error();
+        // The snapshot's clusters take their new reference first: a refusal (refcount_overflow)
+        // then leaves the image as it was, the size included. (QEMU resizes first.)
+        if (auto r = reference_all(*l1); !r) return r;
+        // The disk takes the snapshot's size (newer QEMU resizes too; an old entry without it keeps the size).
+        if (size && *size != header_.size)
+            if (auto r = resize_impl(*size); !r) return r; // the references made are leaks, never corruption
+        if (auto r = commit(true); !r) return r;
         if (l1->size() > l1_.size())
             if (auto r = grow_l1(l1->size()); !r) return r;
-        if (auto r = reference_all(*l1); !r) return r;
         // The old active references go once the new L1 table is durable.
         std::vector<std::uint64_t, u64_alloc> old(l1_.begin(), l1_.end(), u64_alloc(alloc_));
         std::fill(l1_.begin(), l1_.end(), 0);
@@ -9642,7 +9652,14 @@ private:
     result<void> load_l1(const open_options& opts) {
         geometry_ = {header_.cluster_bits, header_.extended_l2(),
                      (header_.incompatible_features & features::external_data_file::mask) != 0, header_.version == 2};
-        auto cache = basic_table_cache<Allocator>::make(opts.cache_bytes, static_cast<std::size_t>(cluster_size()), alloc_);
+        // A read-only image (every backing layer) keeps its L1 table as it is: it never has more
+        // L2 tables than L1 entries, so its cache needs no more slots (a deep chain of small
+        // images then does not take cache_bytes per layer).
+        std::size_t cache_bytes = opts.cache_bytes;
+        if (!writable_)
+            cache_bytes = static_cast<std::size_t>(
+                std::min<std::uint64_t>(cache_bytes, std::max<std::uint64_t>(header_.l1_size, 2) * cluster_size()));
+        auto cache = basic_table_cache<Allocator>::make(cache_bytes, static_cast<std::size_t>(cluster_size()), alloc_);
         if (!cache) return cache.error();
         l2_cache_ = std::make_unique<basic_table_cache<Allocator>>(std::move(*cache));
         decompressor_.emplace(header_.compression_kind());
@@ -10121,10 +10138,12 @@ struct prealloc_memo {
     result<bool> get(Image& img) {
         for (const auto& [p, v] : known)
             if (p == &img) return v;
+        // As QEMU (qcow2_co_block_status): refcounts that cannot be read (a refcount block past
+        // the end of the file) mean "not preallocated", not a failed map.
         auto v = looks_metadata_preallocated(img);
-        if (!v) return v;
-        known.emplace_back(&img, *v);
-        return v;
+        const bool preallocated = v && *v;
+        known.emplace_back(&img, preallocated);
+        return preallocated;
     }
 };
 

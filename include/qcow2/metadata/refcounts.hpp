@@ -40,7 +40,8 @@ result<void> read_zero_padded(B& b, std::uint64_t file_size, std::uint64_t offse
     const std::uint64_t avail = offset >= file_size ? 0 : std::min<std::uint64_t>(out.size(), file_size - offset);
     if (avail)
         if (auto r = io::read_exact(b, offset, out.first(static_cast<std::size_t>(avail)), what); !r) return r;
-    std::memset(out.data() + avail, 0, out.size() - static_cast<std::size_t>(avail));
+    // An empty `out` may have no storage at all (memset of a null pointer is undefined).
+    if (avail < out.size()) std::memset(out.data() + avail, 0, out.size() - static_cast<std::size_t>(avail));
     return {};
 }
 } // namespace detail

@@ -108,10 +108,12 @@ struct prealloc_memo {
     result<bool> get(Image& img) {
         for (const auto& [p, v] : known)
             if (p == &img) return v;
+        // As QEMU (qcow2_co_block_status): refcounts that cannot be read (a refcount block past
+        // the end of the file) mean "not preallocated", not a failed map.
         auto v = looks_metadata_preallocated(img);
-        if (!v) return v;
-        known.emplace_back(&img, *v);
-        return v;
+        const bool preallocated = v && *v;
+        known.emplace_back(&img, preallocated);
+        return preallocated;
     }
 };
 
