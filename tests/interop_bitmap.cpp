@@ -15,6 +15,7 @@
 #include "qcow2/qcow2.hpp"
 
 #include "support/json.hpp"
+#include "support/interop.hpp"
 #include "support/process.hpp"
 
 #include <catch2/catch.hpp>
@@ -34,22 +35,14 @@ namespace json = qcow2_test::json;
 using qcow2_test::command_line;
 using qcow2_test::process_result;
 using argv_t = std::vector<std::string>;
+using qcow2_test::describe;
+using qcow2_test::member;
+using qcow2_test::must_run;
+using qcow2_test::qemu_check_clean;
 
 void require_qemu() {
     REQUIRE(qcow2_test::find_program("qemu-img"));
     REQUIRE(qcow2_test::find_program("qemu-io"));
-}
-
-std::string describe(const argv_t& argv, const process_result& r) {
-    return command_line(argv) + "\n  status " + std::to_string(r.status) + "\n  stdout: " + r.out +
-           "\n  stderr: " + r.err;
-}
-
-process_result must_run(const argv_t& argv, const std::string& dir) {
-    auto r = qcow2_test::run(argv, dir);
-    INFO(describe(argv, r));
-    REQUIRE(r.status == 0);
-    return r;
 }
 
 /// qemu-img's stderr in our words ("qemu-img: " becomes "qcow2: "; its node names go).
@@ -62,17 +55,6 @@ std::string qemu_words(const std::string& err) {
         out += line + "\n";
     }
     return out;
-}
-
-void require_clean(const std::string& dir, const std::string& file, const std::string& after) {
-    const argv_t argv{"qemu-img", "check", "--output=json", file};
-    auto r = qcow2_test::run(argv, dir);
-    INFO("after " << after << ": " << describe(argv, r));
-    REQUIRE(r.status == 0);
-    const auto j = json::parse(r.out);
-    CHECK(j.find("corruptions") == nullptr);
-    CHECK(j.find("leaks") == nullptr);
-    CHECK(j.find("check-errors")->as_uint() == 0);
 }
 
 /// qemu-img info's format-specific data.
@@ -160,7 +142,7 @@ void bitmap_both(const std::string& dir, const std::string& theirs, const std::s
             want.replace(p, want.find('\'', p + 1) - p + 1, "'" + ours + "'");
         CHECK(rm.err == want);
     }
-    require_clean(dir, ours, command_line(m));
+    qemu_check_clean(dir, ours, command_line(m));
 }
 
 } // namespace
@@ -308,7 +290,7 @@ TEST_CASE("bitmaps: the library's writes keep enabled bitmaps as QEMU keeps them
                 CHECK(in_use == 3);
                 REQUIRE(img->close());
             }
-            require_clean(d, "m.qcow2", "the writes");
+            qemu_check_clean(d, "m.qcow2", "the writes");
             require_same_bitmaps(d, "q.qcow2", "m.qcow2", "the writes");
             const auto bits = read_all(d + "/m.qcow2");
             CHECK(bits.bits[0].dirty_bits() > 100);
@@ -319,7 +301,7 @@ TEST_CASE("bitmaps: the library's writes keep enabled bitmaps as QEMU keeps them
             const auto after = read_all(d + "/m.qcow2");
             REQUIRE(after.entries.size() == 5);
             CHECK(after.bits[4].bytes == after.bits[0].bytes);
-            require_clean(d, "m.qcow2", "QEMU's merge");
+            qemu_check_clean(d, "m.qcow2", "QEMU's merge");
             require_info_lists_bitmaps(d, "m.qcow2");
             must_run({"rm", "q.qcow2", "m.qcow2"}, d);
         }
@@ -358,7 +340,7 @@ TEST_CASE("bitmaps: an image left open is reported in use, and can be removed", 
     CHECK(m.status == 1);
     CHECK(m.err == "qcow2: Operation clear on bitmap b failed: Bitmap 'b' is inconsistent and cannot be used\n");
     must_run({QCOW2_TEST_CLI, "bitmap", "--remove", "crashed2.qcow2", "b"}, d);
-    require_clean(d, "crashed2.qcow2", "removing the in-use bitmap");
+    qemu_check_clean(d, "crashed2.qcow2", "removing the in-use bitmap");
     // The closed image holds the write.
     const auto closed = read_all(d + "/a.qcow2");
     REQUIRE(closed.bits.size() == 1);
@@ -385,7 +367,7 @@ TEST_CASE("bitmaps: resize takes them along as qemu-img resize does", "[interop]
         m.insert(m.end(), {"m.qcow2", args.back()});
         must_run(q, d);
         must_run(m, d);
-        require_clean(d, "m.qcow2", command_line(m));
+        qemu_check_clean(d, "m.qcow2", command_line(m));
         require_same_bitmaps(d, "q.qcow2", "m.qcow2", command_line(m));
         write_both(d, "q.qcow2", "m.qcow2", "write 6M 1000000");
         require_same_bitmaps(d, "q.qcow2", "m.qcow2", "a write after " + command_line(m));

@@ -18,6 +18,7 @@
 #include "qcow2/qcow2.hpp"
 
 #include "support/json.hpp"
+#include "support/interop.hpp"
 #include "support/process.hpp"
 
 #include <catch2/catch.hpp>
@@ -42,6 +43,10 @@ namespace json = qcow2_test::json;
 using qcow2_test::command_line;
 using qcow2_test::process_result;
 using argv_t = std::vector<std::string>;
+using qcow2_test::describe;
+using qcow2_test::member;
+using qcow2_test::must_run;
+using qcow2_test::qemu_check_clean;
 
 constexpr std::uint64_t MiB = 1024 * 1024;
 
@@ -55,20 +60,6 @@ void require_qemu() {
 argv_t cat(argv_t head, const argv_t& tail) {
     head.insert(head.end(), tail.begin(), tail.end());
     return head;
-}
-
-/// What a run did, for failure messages.
-std::string describe(const argv_t& argv, const process_result& r) {
-    return command_line(argv) + "\n  status " + std::to_string(r.status) + "\n  stdout: " + r.out +
-           "\n  stderr: " + r.err;
-}
-
-/// Runs in `dir`; the status must be 0.
-process_result must_run(const argv_t& argv, const std::string& dir) {
-    auto r = qcow2_test::run(argv, dir);
-    INFO(describe(argv, r));
-    REQUIRE(r.status == 0);
-    return r;
 }
 
 /// qemu's stderr in our words: "qemu-img: " and "qemu-io: " at line starts become "qcow2: ",
@@ -102,25 +93,6 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 
 json::value info_json(const std::string& dir, const std::string& file) {
     return json::parse(must_run({"qemu-img", "info", "--output=json", file}, dir).out);
-}
-
-/// `qemu-img check --output=json` of `file`; the check must find it clean (status 0).
-json::value check_json(const std::string& dir, const std::string& file) {
-    const argv_t argv{"qemu-img", "check", "--output=json", file};
-    auto r = qcow2_test::run(argv, dir);
-    INFO(describe(argv, r));
-    REQUIRE(r.status == 0);
-    auto j = json::parse(r.out);
-    CHECK(j.find("corruptions") == nullptr);
-    CHECK(j.find("leaks") == nullptr);
-    CHECK(j.find("check-errors")->as_uint() == 0);
-    return j;
-}
-
-/// The member `key` of `j`, or null when it has none.
-json::value member(const json::value& j, const char* key) {
-    const json::value* v = j.find(key);
-    return v ? *v : json::value();
 }
 
 /// `qemu-img compare` of `a` and `b` (in `dir`, optional formats) finds them identical (the
@@ -268,7 +240,7 @@ TEST_CASE("cli create: images equal qemu-img's for every option", "[interop]") {
                 CHECK(member(mi, key) == member(qi, key));
             }
             // Allocation as qemu-img's (preallocation included); the layout may differ.
-            auto qc = check_json(q, k.file), mc = check_json(m, k.file);
+            auto qc = qemu_check_clean(q, k.file), mc = qemu_check_clean(m, k.file);
             for (const char* key :
                  {"total-clusters", "allocated-clusters", "compressed-clusters", "image-end-offset"}) {
                 INFO(key);
@@ -395,7 +367,7 @@ TEST_CASE("cli resize: grown and shrunk images compare equal to a raw copy resiz
                 const auto m = must_run(cat(cat({QCOW2_TEST_CLI, "resize"}, flags), {"img.qcow2", step.back()}), d);
                 must_run(cat(cat({"qemu-img", "resize", "-f", "raw"}, flags), {"copy.raw", step.back()}), d);
                 CHECK(m.out == (flags == argv_t{"-q"} ? "" : "Image resized.\n"));
-                check_json(d, "img.qcow2");
+                qemu_check_clean(d, "img.qcow2");
                 CHECK(member(info_json(d, "img.qcow2"), "virtual-size").as_uint() == fs::file_size(dir / "copy.raw"));
                 require_identical(d, "img.qcow2", "copy.raw", {"-f", "qcow2", "-F", "raw"});
             }
@@ -518,7 +490,7 @@ TEST_CASE("cli io: what our io writes, qemu-io reads back", "[interop]") {
                 CHECK(r.out.find("Pattern verification failed") == std::string::npos);
             }
             require_identical(d, "ours.qcow2", "twin.qcow2");
-            const auto mc = check_json(d, "ours.qcow2"), qc = check_json(d, "twin.qcow2");
+            const auto mc = qemu_check_clean(d, "ours.qcow2"), qc = qemu_check_clean(d, "twin.qcow2");
             CHECK(member(mc, "compressed-clusters") == member(qc, "compressed-clusters"));
             CHECK(member(mc, "compressed-clusters").as_uint() > 0);
             CHECK(member(mc, "allocated-clusters") == member(qc, "allocated-clusters"));
@@ -556,7 +528,7 @@ TEST_CASE("cli io: what qemu-io writes, our io reads back", "[interop]") {
             CHECK(without_timing(m.out) == without_timing(q.out));
             CHECK(m.status == 1);
             CHECK(q.status == 1);
-            check_json(d, "img.qcow2");
+            qemu_check_clean(d, "img.qcow2");
         }
     }
 }
@@ -615,7 +587,7 @@ TEST_CASE("cli io: errors, reports and exit status as qemu-io's", "[interop]") {
             // Our stderr adds the library's account of a failed request, on lines of its own.
             CHECK(without_timing(m.err, "qcow2: ") == q.err);
             require_identical(d, "q.qcow2", "m.qcow2");
-            check_json(d, "m.qcow2");
+            qemu_check_clean(d, "m.qcow2");
         }
     }
 }
@@ -766,14 +738,14 @@ TEST_CASE("cli convert: every output checks clean and compares equal to its sour
                 require_same_guest(dir.path(), k.dst, formats[1]);
             }
             if (!qcow2_out) continue;
-            const auto mc = check_json(m, k.dst);
+            const auto mc = qemu_check_clean(m, k.dst);
             const auto mi = info_json(m, k.dst);
             if (k.qemu_fails) {
                 CHECK(member(mc, "compressed-clusters").as_uint() > 0);
                 continue;
             }
             // What qemu-img's output allocates (zero regions skipped, compressed clusters).
-            const auto qc = check_json(q, k.dst);
+            const auto qc = qemu_check_clean(q, k.dst);
             const auto qi = info_json(q, k.dst);
             INFO("ours: " << mc.dump() << "\nqemu-img's: " << qc.dump());
             for (const char* key : {"total-clusters", "allocated-clusters", "compressed-clusters"}) {

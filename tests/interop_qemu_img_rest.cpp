@@ -22,6 +22,7 @@
 //   backing name and format, and the image compares equal to (and, but for extended L2,
 //   allocates what) qemu-img rebase made; errors and exit status are qemu-img's.
 #include "support/json.hpp"
+#include "support/interop.hpp"
 #include "support/process.hpp"
 
 #include <catch2/catch.hpp>
@@ -44,6 +45,10 @@ namespace json = qcow2_test::json;
 using qcow2_test::command_line;
 using qcow2_test::process_result;
 using argv_t = std::vector<std::string>;
+using qcow2_test::describe;
+using qcow2_test::member;
+using qcow2_test::must_run;
+using qcow2_test::qemu_check_clean;
 
 void require_qemu() {
     REQUIRE(qcow2_test::find_program("qemu-img"));
@@ -53,17 +58,6 @@ void require_qemu() {
 argv_t cat(argv_t head, const argv_t& tail) {
     head.insert(head.end(), tail.begin(), tail.end());
     return head;
-}
-
-std::string describe(const argv_t& argv, const process_result& r) {
-    return command_line(argv) + "\n  status " + std::to_string(r.status) + "\n  stdout: " + r.out + "\n  stderr: " + r.err;
-}
-
-process_result must_run(const argv_t& argv, const std::string& dir) {
-    auto r = qcow2_test::run(argv, dir);
-    INFO(describe(argv, r));
-    REQUIRE(r.status == 0);
-    return r;
 }
 
 /// qemu-img's stderr in our words: "qemu-img: " at line starts becomes "qcow2: ", and its
@@ -83,23 +77,6 @@ std::string qemu_words(const std::string& err) {
 
 json::value info_json(const std::string& dir, const std::string& file) {
     return json::parse(must_run({"qemu-img", "info", "--output=json", file}, dir).out);
-}
-
-json::value member(const json::value& j, const char* key) {
-    const json::value* v = j.find(key);
-    return v ? *v : json::value();
-}
-
-/// `qemu-img check` finds `file` clean.
-void require_clean(const std::string& dir, const std::string& file) {
-    const argv_t argv{"qemu-img", "check", "--output=json", file};
-    auto r = qcow2_test::run(argv, dir);
-    INFO(describe(argv, r));
-    REQUIRE(r.status == 0);
-    const auto j = json::parse(r.out);
-    CHECK(j.find("corruptions") == nullptr);
-    CHECK(j.find("leaks") == nullptr);
-    CHECK(j.find("check-errors")->as_uint() == 0);
 }
 
 /// `qemu-img compare` (formats probed, or given) finds `a` and `b` identical.
@@ -413,8 +390,8 @@ TEST_CASE("cli commit: the backing file takes the image's data, as with qemu-img
             // The backing file reads as the image did; the image reads as its backing file.
             require_identical(m, "pre.raw", c.base, base_fmt);
             require_identical(m, "pre.raw", c.top, {"-f", "raw", "-F", "qcow2"});
-            require_clean(m, c.top);
-            if (c.base_format == "qcow2") require_clean(m, c.base);
+            qemu_check_clean(m, c.top);
+            if (c.base_format == "qcow2") qemu_check_clean(m, c.base);
             if (!c.untouched.empty()) require_identical(m, "untouched.raw", c.untouched, {"-f", "raw", "-F", "qcow2"});
             // Emptied: nothing allocated, the all-zero bit, as small as qemu-img leaves it.
             const bool kept = c.options == argv_t{"-d"};
@@ -562,7 +539,7 @@ TEST_CASE("cli rebase: the guest disk is kept, the header names the new backing 
             // The guest disk as it was, the image clean, the header as asked.
             if (c.backing_format != "raw" || c.backing == "new.raw")
                 require_identical(m, "pre.raw", c.file, {"-f", "raw", "-F", "qcow2"});
-            require_clean(m, c.file);
+            qemu_check_clean(m, c.file);
             const auto mi = info_json(m, c.file), qi = info_json(q, c.file);
             if (c.backing.empty()) {
                 CHECK(mi.find("backing-filename") == nullptr);

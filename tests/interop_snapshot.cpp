@@ -17,6 +17,7 @@
 // - errors: mixed actions, missing or extra file names, unknown snapshots, raw files, images
 //   with an external data file or 1-bit refcounts: qemu-img's message and exit status.
 #include "support/json.hpp"
+#include "support/interop.hpp"
 #include "support/process.hpp"
 
 #include <catch2/catch.hpp>
@@ -38,21 +39,14 @@ namespace json = qcow2_test::json;
 using qcow2_test::command_line;
 using qcow2_test::process_result;
 using argv_t = std::vector<std::string>;
+using qcow2_test::describe;
+using qcow2_test::member;
+using qcow2_test::must_run;
+using qcow2_test::qemu_check_clean;
 
 void require_qemu() {
     REQUIRE(qcow2_test::find_program("qemu-img"));
     REQUIRE(qcow2_test::find_program("qemu-io"));
-}
-
-std::string describe(const argv_t& argv, const process_result& r) {
-    return command_line(argv) + "\n  status " + std::to_string(r.status) + "\n  stdout: " + r.out + "\n  stderr: " + r.err;
-}
-
-process_result must_run(const argv_t& argv, const std::string& dir) {
-    auto r = qcow2_test::run(argv, dir);
-    INFO(describe(argv, r));
-    REQUIRE(r.status == 0);
-    return r;
 }
 
 /// qemu's stderr in our words: "qemu-img: " at line starts becomes "qcow2: "; qemu-img's
@@ -68,18 +62,6 @@ std::string qemu_words(const std::string& err) {
         out += line + "\n";
     }
     return out;
-}
-
-/// `qemu-img check` finds `file` clean: no corruption, no leak, no check error.
-void require_clean(const std::string& dir, const std::string& file, const std::string& after) {
-    const argv_t argv{"qemu-img", "check", "--output=json", file};
-    auto r = qcow2_test::run(argv, dir);
-    INFO("after " << after << ": " << describe(argv, r));
-    REQUIRE(r.status == 0);
-    const auto j = json::parse(r.out);
-    CHECK(j.find("corruptions") == nullptr);
-    CHECK(j.find("leaks") == nullptr);
-    CHECK(j.find("check-errors")->as_uint() == 0);
 }
 
 json::value info_json(const std::string& dir, const std::string& file) {
@@ -308,7 +290,7 @@ TEST_CASE("cli snapshot: icount 0 and names taken twice, as qemu-img's", "[inter
     REQUIRE(q3.size() == 1);
     CHECK(m3[0].id == "2");
     CHECK(q3[0].id == "2");
-    require_clean(d, "m.qcow2", "-d s");
+    qemu_check_clean(d, "m.qcow2", "-d s");
 }
 
 TEST_CASE("cli snapshot: applying gives the same guest data with either tool; qemu-img check clean after each operation",
@@ -342,7 +324,7 @@ TEST_CASE("cli snapshot: applying gives the same guest data with either tool; qe
                 // After each of our operations qemu-img finds the image clean.
                 const auto step = [&](const std::string& tool, const argv_t& args) {
                     snapshot(tool, args, "img.qcow2", d);
-                    if (tool == "ours") require_clean(d, "img.qcow2", command_line(args));
+                    if (tool == "ours") qemu_check_clean(d, "img.qcow2", command_line(args));
                 };
                 qemu_io(d, "img.qcow2", {"write -P 1 0 1M", "write -P 7 3M 128k"});
                 if (c.compressed) qemu_io(d, "img.qcow2", {"write -c -P 2 2M 64k", "write -c -P 3 5M 64k"});
@@ -353,7 +335,7 @@ TEST_CASE("cli snapshot: applying gives the same guest data with either tool; qe
                 raw_copy(d, "img.qcow2", "s2.raw");
                 qemu_io(d, "img.qcow2", {"write -P 5 0 3M", "write -z 5M 64k"});
                 step(applier, {"-a", "s1"});
-                require_clean(d, "img.qcow2", "-a s1");
+                qemu_check_clean(d, "img.qcow2", "-a s1");
                 require_reads_as(d, "img.qcow2", "s1.raw", "-a s1");
                 qemu_io(d, "img.qcow2", {"write -P 6 1M 64k"});
                 step(applier, {"-a", "s2"});
@@ -364,7 +346,7 @@ TEST_CASE("cli snapshot: applying gives the same guest data with either tool; qe
                 step(applier, {"-a", "2"}); // by id
                 require_reads_as(d, "img.qcow2", "s2.raw", "-a 2");
                 step(applier, {"-d", "s2"}); // by name only (qemu-img 7.2 deletes no snapshot by id)
-                require_clean(d, "img.qcow2", "-d s2");
+                qemu_check_clean(d, "img.qcow2", "-d s2");
                 CHECK(must_run({"qemu-img", "snapshot", "-l", "img.qcow2"}, d).out.empty());
                 require_reads_as(d, "img.qcow2", "s2.raw", "the last delete");
             }
@@ -381,22 +363,22 @@ TEST_CASE("cli snapshot: a snapshot of a smaller disk, applied after a resize, g
             must_run({"qemu-img", "create", "-q", "-f", "qcow2", "img.qcow2", "8M"}, d);
             qemu_io(d, "img.qcow2", {"write -P 1 0 1M", "write -P 2 7M 1M"});
             snapshot("ours", {"-c", "small"}, "img.qcow2", d);
-            require_clean(d, "img.qcow2", "-c small");
+            qemu_check_clean(d, "img.qcow2", "-c small");
             raw_copy(d, "img.qcow2", "small.raw");
             must_run({QCOW2_TEST_CLI, "resize", "-q", "img.qcow2", "24M"}, d);
             qemu_io(d, "img.qcow2", {"write -P 3 6M 4M", "write -P 4 20M 1M"});
             snapshot("ours", {"-c", "large"}, "img.qcow2", d);
-            require_clean(d, "img.qcow2", "-c large");
+            qemu_check_clean(d, "img.qcow2", "-c large");
             raw_copy(d, "img.qcow2", "large.raw");
             qemu_io(d, "img.qcow2", {"write -P 5 0 24M"});
             snapshot(applier, {"-a", "small"}, "img.qcow2", d);
-            require_clean(d, "img.qcow2", "-a small");
+            qemu_check_clean(d, "img.qcow2", "-a small");
             require_reads_as(d, "img.qcow2", "small.raw", "-a small");
             snapshot(applier, {"-a", "large"}, "img.qcow2", d);
-            require_clean(d, "img.qcow2", "-a large");
+            qemu_check_clean(d, "img.qcow2", "-a large");
             require_reads_as(d, "img.qcow2", "large.raw", "-a large");
             snapshot("ours", {"-d", "small"}, "img.qcow2", d);
-            require_clean(d, "img.qcow2", "-d small");
+            qemu_check_clean(d, "img.qcow2", "-d small");
             require_reads_as(d, "img.qcow2", "large.raw", "-d small");
         }
     }
@@ -416,17 +398,17 @@ TEST_CASE("cli snapshot: many snapshots, applied and deleted out of order, check
         snapshot("ours", {"-c", "s" + k}, "img.qcow2", d);
         raw_copy(d, "img.qcow2", "s" + k + ".raw");
     }
-    require_clean(d, "img.qcow2", "creating the snapshots");
+    qemu_check_clean(d, "img.qcow2", "creating the snapshots");
     for (int i : {5, 0, 7, 2}) {
         const std::string k = std::to_string(i);
         snapshot("ours", {"-a", "s" + k}, "img.qcow2", d);
-        require_clean(d, "img.qcow2", "-a s" + k);
+        qemu_check_clean(d, "img.qcow2", "-a s" + k);
         require_reads_as(d, "img.qcow2", "s" + k + ".raw", "-a s" + k);
         qemu_io(d, "img.qcow2", {"write -P 10 1M 64k"});
     }
     for (int i : {3, 0, 7, 1}) {
         snapshot("ours", {"-d", "s" + std::to_string(i)}, "img.qcow2", d);
-        require_clean(d, "img.qcow2", "-d s" + std::to_string(i));
+        qemu_check_clean(d, "img.qcow2", "-d s" + std::to_string(i));
     }
     for (int i : {2, 4, 5, 6}) {
         const std::string k = std::to_string(i);
@@ -506,7 +488,7 @@ TEST_CASE("cli snapshot: messages and exit status as qemu-img's", "[interop]") {
             CHECK(q.status == 1);
             CHECK(m.status == 1);
             CHECK(m.err == qemu_words(q.err));
-            require_clean(d, "m1.qcow2", "a refused snapshot");
+            qemu_check_clean(d, "m1.qcow2", "a refused snapshot");
             CHECK(must_run({"qemu-img", "snapshot", "-l", "m1.qcow2"}, d).out.empty());
         }
     }

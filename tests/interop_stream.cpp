@@ -16,6 +16,7 @@
 #include "qcow2/qcow2.hpp"
 
 #include "support/json.hpp"
+#include "support/interop.hpp"
 #include "support/process.hpp"
 
 #include <catch2/catch.hpp>
@@ -42,6 +43,10 @@ namespace json = qcow2_test::json;
 using qcow2_test::command_line;
 using qcow2_test::process_result;
 using argv_t = std::vector<std::string>;
+using qcow2_test::describe;
+using qcow2_test::member;
+using qcow2_test::must_run;
+using qcow2_test::qemu_check_clean;
 
 constexpr std::uint64_t KiB = 1024, MiB = 1024 * KiB;
 
@@ -54,18 +59,6 @@ void require_qemu() {
 argv_t cat(argv_t head, const argv_t& tail) {
     head.insert(head.end(), tail.begin(), tail.end());
     return head;
-}
-
-std::string describe(const argv_t& argv, const process_result& r, bool binary_out = false) {
-    return command_line(argv) + "\n  status " + std::to_string(r.status) +
-           "\n  stdout: " + (binary_out ? std::to_string(r.out.size()) + " bytes" : r.out) + "\n  stderr: " + r.err;
-}
-
-process_result must_run(const argv_t& argv, const std::string& dir) {
-    auto r = qcow2_test::run(argv, dir);
-    INFO(describe(argv, r));
-    REQUIRE(r.status == 0);
-    return r;
 }
 
 /// Runs the CLI with stdout on a pipe (that of `qcow2_test::run`); what it wrote there.
@@ -149,24 +142,6 @@ void make_sources(const std::string& dir) {
     must_run({"qemu-io", "-f", "qcow2", "-c", "write -P 0x61 100k 20k", "-c", "write -z 2100k 8k", "top.qcow2"}, dir);
 }
 
-/// `qemu-img check --output=json` of `file`: clean (status 0, no corruptions, no leaks).
-json::value check_clean(const std::string& dir, const std::string& file) {
-    const argv_t argv{"qemu-img", "check", "--output=json", file};
-    auto r = qcow2_test::run(argv, dir);
-    INFO(describe(argv, r));
-    REQUIRE(r.status == 0);
-    auto j = json::parse(r.out);
-    CHECK(j.find("corruptions") == nullptr);
-    CHECK(j.find("leaks") == nullptr);
-    CHECK(j.find("check-errors")->as_uint() == 0);
-    return j;
-}
-
-json::value member(const json::value& j, const char* key) {
-    const json::value* v = j.find(key);
-    return v ? *v : json::value();
-}
-
 /// A count of `qemu-img check --output=json`, which leaves out the counts that are 0.
 std::uint64_t count(const json::value& j, const char* key) {
     const json::value* v = j.find(key);
@@ -217,7 +192,7 @@ TEST_CASE("stream convert: images written into a pipe check clean, compare equal
                 const std::string bytes = must_stream(args, d);
                 REQUIRE(!bytes.empty());
                 put_file(d + "/s.qcow2", bytes);
-                const auto c = check_clean(d, "s.qcow2");
+                const auto c = qemu_check_clean(d, "s.qcow2");
                 CHECK(member(c, "image-end-offset").as_uint() == bytes.size());
                 require_identical(d, s.file, s.format, "s.qcow2");
                 // The same source and options: the same bytes.
@@ -229,7 +204,7 @@ TEST_CASE("stream convert: images written into a pipe check clean, compare equal
                 const argv_t qargs =
                     cat(cat({"qemu-img", "convert", "-S", "512", "-f", s.format, "-O", "qcow2"}, v), {s.file, "q.qcow2"});
                 must_run(qargs, d);
-                const auto qc = check_clean(d, "q.qcow2");
+                const auto qc = qemu_check_clean(d, "q.qcow2");
                 INFO("ours: " << c.dump() << "\nqemu-img's: " << qc.dump());
                 for (const char* key : {"total-clusters", "allocated-clusters", "compressed-clusters"}) {
                     INFO(key);
@@ -259,7 +234,7 @@ TEST_CASE("stream convert: an empty disk and a disk of holes", "[interop]") {
             INFO(command_line(args));
             const std::string bytes = must_stream(args, d);
             put_file(d + "/s.qcow2", bytes);
-            const auto c = check_clean(d, "s.qcow2");
+            const auto c = qemu_check_clean(d, "s.qcow2");
             CHECK(count(c, "allocated-clusters") == 0);
             CHECK(member(c, "image-end-offset").as_uint() == bytes.size());
             require_identical(d, src, "raw", "s.qcow2");
@@ -283,7 +258,7 @@ TEST_CASE("stream convert: the same bytes through cat, a FIFO and /dev/stdout", 
         INFO(command_line(args));
         const std::string direct = must_stream(cat(args, {"-"}), d);
         put_file(d + "/direct.qcow2", direct);
-        check_clean(d, "direct.qcow2");
+        qemu_check_clean(d, "direct.qcow2");
         require_identical(d, "top.qcow2", "qcow2", "direct.qcow2");
 
         // qcow2 convert ... - | cat > piped.qcow2 (the shell's exit status is the last command's:
